@@ -1,0 +1,35 @@
+"""conc-ml: make machine-learning code concurrent with one decorator, and prove it stays correct."""
+
+from ._options import config as config
+from ._parallel import AsyncParallelFunction as AsyncParallelFunction
+from ._parallel import ParallelFunction as ParallelFunction
+from ._parallel import parallel as parallel
+from ._split import register_splitter as register_splitter
+from .backends import available_backends as available_backends
+from .backends import register_backend as register_backend
+from .errors import BackendUnavailableError as BackendUnavailableError
+from .errors import ChunkTimeoutError as ChunkTimeoutError
+from .errors import ConcMLError as ConcMLError
+from .errors import ParityError as ParityError
+from .errors import SerializationError as SerializationError
+from .errors import SplitError as SplitError
+from .errors import WorkerCrashedError as WorkerCrashedError
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AsyncParallelFunction",
+    "BackendUnavailableError",
+    "ChunkTimeoutError",
+    "ConcMLError",
+    "ParallelFunction",
+    "ParityError",
+    "SerializationError",
+    "SplitError",
+    "WorkerCrashedError",
+    "available_backends",
+    "config",
+    "parallel",
+    "register_backend",
+    "register_splitter",
+]

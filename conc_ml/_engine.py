@@ -1,0 +1,239 @@
+"""Running the chunks of one call on a backend, and turning failures into clear errors.
+
+This is the single place that submits chunks, waits for them, enforces the timeout,
+cancels what is left when something fails or the user interrupts, and translates
+what went wrong. Every backend goes through it, so they all behave alike.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import math
+import pickle
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import anyio
+
+from ._options import ParallelOptions
+from ._runner import ChunkOutcome, ChunkTask, run_chunk, run_chunk_async
+from ._split import Chunk, ChunkPlan
+from .backends import Backend
+from .errors import ChunkTimeoutError, RemoteTraceback, SerializationError
+
+__all__ = ["PreparedCall", "iter_outcomes", "iter_outcomes_async"]
+
+
+@dataclasses.dataclass(slots=True)
+class PreparedCall:
+    """One call, ready to run: its options, backend, chunks and task factory."""
+
+    function_name: str
+    options: ParallelOptions
+    backend_name: str
+    backend: Backend
+    workers: int
+    plan: ChunkPlan
+    make_task: Callable[[Chunk], ChunkTask]
+    #: set from another thread to stop the call (an async caller was cancelled)
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+def _progress_bar(call: PreparedCall) -> Any:
+    if not call.options.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=call.plan.n_items, unit="item", desc=call.function_name)
+
+
+def _describe_chunk(chunk: Chunk, call: PreparedCall) -> str:
+    of = f" of {call.plan.n_chunks}" if call.plan.n_chunks is not None else ""
+    return f"chunk {chunk.index}{of} ({chunk.n_items} items)"
+
+
+def raise_failure(outcome: ChunkOutcome, chunk: Chunk, call: PreparedCall) -> None:
+    """Re-raise a chunk's exception as its own type, with a note saying where it ran."""
+    assert outcome.failure is not None
+    error = outcome.failure.error
+    error.add_note(
+        f"conc-ml: raised in {_describe_chunk(chunk, call)} of {call.function_name}() "
+        f"on backend {call.backend_name!r}, worker {outcome.worker}"
+    )
+    if call.backend.crosses_processes:
+        raise error from RemoteTraceback(outcome.failure.traceback_text)
+    raise error
+
+
+def _find_unpicklable(task: ChunkTask) -> str | None:
+    import cloudpickle
+
+    candidates: list[tuple[str, Any]] = [("the function", task.func)]
+    candidates += [(f"positional argument {i}", a) for i, a in enumerate(task.args)]
+    candidates += [(f"argument {k!r}", v) for k, v in task.kwargs.items()]
+    for where, value in candidates:
+        try:
+            cloudpickle.dumps(value)
+        except Exception:
+            return f"{where} (of type {type(value).__module__}.{type(value).__qualname__})"
+    return None
+
+
+def _is_pickling_error(error: BaseException) -> bool:
+    if isinstance(error, pickle.PicklingError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, TypeError | AttributeError) and ("pickle" in text or "serializ" in text)
+
+
+def _serialization_error(error: BaseException, chunk: Chunk, task: ChunkTask, call: PreparedCall) -> SerializationError:
+    culprit = _find_unpicklable(task)
+    if culprit is not None:
+        what = f"{culprit} of {_describe_chunk(chunk, call)} cannot be pickled to reach a {call.backend_name!r} worker"
+        fix = (
+            "create the object inside the function, pass something picklable (a path, a config) instead, "
+            "or use backend='thread'"
+        )
+    else:
+        what = f"the result of {_describe_chunk(chunk, call)} cannot be pickled to come back from a worker"
+        fix = "return plain data (arrays, lists, dicts, fitted estimators) or use backend='thread'"
+    return SerializationError(f"{what} ({type(error).__name__}: {error}); {fix}")
+
+
+def _timeout_error(call: PreparedCall, done: int) -> ChunkTimeoutError:
+    total = call.plan.n_chunks if call.plan.n_chunks is not None else "?"
+    stopped = (
+        "running chunks were stopped"
+        if call.backend.can_stop_running
+        else f"running chunks cannot be stopped on backend {call.backend_name!r} and finish in the background"
+    )
+    return ChunkTimeoutError(
+        f"{call.function_name}() timed out after {call.options.timeout:g} s with {done} of {total} chunks done; {stopped}"
+    )
+
+
+def iter_outcomes(call: PreparedCall) -> Iterator[tuple[Chunk, ChunkOutcome]]:
+    """Run the chunks of ``call`` and yield each one's outcome as it finishes.
+
+    Chunks are submitted lazily, at most ``max_in_flight_per_worker x workers`` at a
+    time, so that an iterator cut by ``chunk_size`` is never read far ahead. A chunk's
+    exception is re-raised at once (see :func:`raise_failure`); whatever happens,
+    pending chunks are cancelled and the executor is released before this returns.
+    """
+    backend = call.backend
+    window = max(1, backend.max_in_flight_per_worker * call.workers)
+    deadline = None if call.options.timeout is None else time.monotonic() + call.options.timeout
+    chunks = iter(call.plan.chunks)
+    pending: dict[concurrent.futures.Future[ChunkOutcome], tuple[Chunk, ChunkTask]] = {}
+    progress = _progress_bar(call)
+    executor = backend.open(call.workers, call.options.settings)
+    completed = 0
+    abort = True
+    stop_running = False
+    try:
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < window and not call.cancelled.is_set():
+                chunk = next(chunks, None)
+                if chunk is None:
+                    exhausted = True
+                    break
+                task = call.make_task(chunk)
+                pending[executor.submit(run_chunk, task)] = (chunk, task)
+            if not pending or call.cancelled.is_set():
+                break
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = concurrent.futures.wait(pending, timeout=remaining, return_when=concurrent.futures.FIRST_COMPLETED)
+            if not done:
+                stop_running = backend.can_stop_running
+                raise _timeout_error(call, completed)
+            for future in sorted(done, key=lambda f: pending[f][0].index):
+                chunk, task = pending.pop(future)
+                try:
+                    outcome = future.result()
+                except concurrent.futures.CancelledError:
+                    continue
+                except Exception as error:
+                    translated = backend.translate_error(error, chunk.index)
+                    if translated is not None:
+                        raise translated from error
+                    if _is_pickling_error(error):
+                        raise _serialization_error(error, chunk, task, call) from error
+                    raise
+                if outcome.failure is not None:
+                    raise_failure(outcome, chunk, call)
+                completed += 1
+                if progress is not None:
+                    progress.update(chunk.n_items)
+                yield chunk, outcome
+        abort = call.cancelled.is_set()
+    except BaseException as error:
+        # Ctrl-C (and a timeout, above) stops running chunks where the backend can. A
+        # user's error, a crash, or a ``break`` out of ``.stream`` only drops what is queued.
+        if not isinstance(error, Exception | GeneratorExit):
+            stop_running = backend.can_stop_running
+        raise
+    finally:
+        for future in pending:
+            future.cancel()
+        if progress is not None:
+            progress.close()
+        backend.release(executor, abort=abort, stop_running=stop_running)
+
+
+async def iter_outcomes_async(call: PreparedCall) -> AsyncIterator[tuple[Chunk, ChunkOutcome]]:
+    """Run the chunks of an ``async def`` function as tasks of the current event loop.
+
+    At most ``workers`` chunks run at once. The first failure cancels the others and is
+    re-raised as its own type (not wrapped in an exception group).
+    """
+    limiter = anyio.CapacityLimiter(call.workers)
+    send, receive = anyio.create_memory_object_stream[tuple[Chunk, ChunkOutcome]](math.inf)
+    progress = _progress_bar(call)
+    timeout = call.options.timeout
+    completed = 0
+
+    async def run_one(chunk: Chunk, task: ChunkTask, token: object) -> None:
+        try:
+            outcome = await run_chunk_async(task)
+        finally:
+            limiter.release_on_behalf_of(token)
+        await send.send((chunk, outcome))
+
+    async def produce() -> None:
+        async with send, anyio.create_task_group() as group:
+            for chunk in call.plan.chunks:
+                token = object()
+                await limiter.acquire_on_behalf_of(token)
+                group.start_soon(run_one, chunk, call.make_task(chunk), token)
+
+    try:
+        with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(produce)
+                async with receive:
+                    async for chunk, outcome in receive:
+                        if outcome.failure is not None:
+                            outer.cancel_scope.cancel()
+                            raise_failure(outcome, chunk, call)
+                        completed += 1
+                        if progress is not None:
+                            progress.update(chunk.n_items)
+                        yield chunk, outcome
+    except TimeoutError as error:
+        if isinstance(error, ChunkTimeoutError):
+            raise
+        raise _timeout_error(call, completed) from None
+    except BaseExceptionGroup as group:
+        # A failure raised inside the task group arrives wrapped: unwrap a single one.
+        errors = group.exceptions
+        if len(errors) == 1:
+            raise errors[0] from None
+        raise
+    finally:
+        if progress is not None:
+            progress.close()

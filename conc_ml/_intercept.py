@@ -1,0 +1,76 @@
+"""A hook through which the pytest plugin sees every top-level ``@parallel`` call.
+
+Private to the distribution: ``pytest_conc_ml`` installs an interceptor while
+``--conc-bench`` is on; without one, a call pays a single ``is None`` check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._options import ParallelOptions
+    from ._parallel import ParallelFunction
+
+__all__ = ["InterceptedCall", "current_interceptor", "intercept_calls"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InterceptedCall:
+    """A call to a ``@parallel`` function, held for the interceptor to run as it likes.
+
+    :ivar function: the decorated function (``function.__wrapped__`` is the user's).
+    :ivar args: positional arguments of the call.
+    :ivar kwargs: keyword arguments of the call.
+    :ivar options: the call's resolved options (after config, environment, ``.options()``).
+    """
+
+    function: ParallelFunction[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: ParallelOptions
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the function is ``async def`` (then :meth:`run` returns an awaitable)."""
+        return self.function.is_async
+
+    def run(self, **overrides: Any) -> Any:
+        """Run the call in parallel, with ``overrides`` (``@parallel`` keywords) on top."""
+        return self.function.options(**overrides)._run(self.args, self.kwargs, intercept=False)
+
+    def run_sequential(self, **overrides: Any) -> Any:
+        """Run the call with the sequential backend: the reference result."""
+        return self.function.options(**overrides)._run(self.args, self.kwargs, intercept=False, backend="sequential")
+
+
+Interceptor = Callable[[InterceptedCall], Any]
+
+_interceptor: Interceptor | None = None
+_lock = threading.Lock()
+
+
+def current_interceptor() -> Interceptor | None:
+    """The installed interceptor, if any."""
+    return _interceptor
+
+
+@contextlib.contextmanager
+def intercept_calls(interceptor: Interceptor) -> Iterator[None]:
+    """Route every top-level ``@parallel`` call made inside the block through ``interceptor``.
+
+    Process-wide (calls from other threads are seen too); calls made inside workers are
+    never intercepted. Blocks may nest; the innermost wins.
+    """
+    global _interceptor
+    with _lock:
+        previous, _interceptor = _interceptor, interceptor
+    try:
+        yield
+    finally:
+        with _lock:
+            _interceptor = previous

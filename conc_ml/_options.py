@@ -1,0 +1,238 @@
+"""Options of ``@parallel``: validation, layering and the ``config()`` context.
+
+Options arrive in layers. Each layer is validated once, when it is created (a decorator
+at decoration time, ``config()`` on entry, ``.options()`` when called), and a call merges
+the layers with this precedence, highest first::
+
+    .options()  >  config()  >  decorator arguments  >  environment  >  built-in defaults
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import numbers
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+
+__all__ = [
+    "COMBINE_NAMES",
+    "ParallelOptions",
+    "config",
+    "current_config",
+    "environment_layer",
+    "usable_cpus",
+    "validate_layer",
+]
+
+Combine: TypeAlias = Literal["list", "concat", "sum", "mean"] | Callable[[list[Any]], Any]
+Split: TypeAlias = str | int | tuple[str, ...] | None
+Seed: TypeAlias = int | np.random.SeedSequence | None
+
+COMBINE_NAMES = ("list", "concat", "sum", "mean")
+
+#: settings ``config()`` accepts that are not ``@parallel`` keywords
+BACKEND_SETTINGS = ("address", "allow_nested", "async_library", "client")
+
+_ENV_BACKEND = "CONC_ML_BACKEND"
+_ENV_WORKERS = "CONC_ML_WORKERS"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ParallelOptions:
+    """The fully resolved options of one ``@parallel`` call."""
+
+    backend: str = "auto"
+    chunks: int | None = None
+    chunk_size: int | None = None
+    workers: int | None = None
+    split: Split = None
+    combine: Combine = "list"
+    seed: Seed = None
+    timeout: float | None = None
+    progress: bool = False
+    #: backend settings from ``config()`` (``address=`` for dask, ...)
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def resolved_workers(self) -> int:
+        """Pool size: the ``workers`` option, else the usable CPUs."""
+        return self.workers if self.workers is not None else usable_cpus()
+
+
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(ParallelOptions) if f.name != "settings")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: affinity- and cgroup-quota-aware (via loky)."""
+    from loky import cpu_count
+
+    return max(1, int(cpu_count()))
+
+
+def _positive_int(name: str, value: object, *, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int or None, not {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    return int(value)
+
+
+def validate_layer(layer: Mapping[str, Any], *, where: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check one layer of options and return it as a plain dict.
+
+    :param layer: option names to values, as a user wrote them.
+    :param where: what the user called (``"@parallel"``, ``"config()"``), for messages.
+    :param extra: further accepted names (backend settings for ``config()``).
+    :raises TypeError: on an unknown name or a value of the wrong type.
+    :raises ValueError: on a value out of range.
+    :raises BackendUnavailableError: on an unknown backend name.
+    """
+    allowed = OPTION_NAMES + extra
+    unknown = sorted(set(layer) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"{where} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"expected some of: {', '.join(allowed)}"
+        )
+    out = dict(layer)
+    if "backend" in out:
+        backend = out["backend"]
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a str naming a backend, not {type(backend).__name__}")
+        if backend != "auto":
+            from .backends import check_backend_name
+
+            check_backend_name(backend)
+    for name in ("chunks", "chunk_size", "workers"):
+        if name in out:
+            out[name] = _positive_int(name, out[name])
+    if out.get("chunks") is not None and out.get("chunk_size") is not None:
+        raise ValueError("chunks and chunk_size are exclusive; give one of them")
+    if "split" in out:
+        out["split"] = _validate_split(out["split"])
+    if "combine" in out:
+        combine = out["combine"]
+        if not callable(combine) and combine not in COMBINE_NAMES:
+            raise ValueError(
+                f"combine must be one of {', '.join(map(repr, COMBINE_NAMES))} or a callable "
+                f"taking the list of chunk results, got {combine!r}"
+            )
+    if "seed" in out:
+        seed = out["seed"]
+        if seed is not None and not isinstance(seed, np.random.SeedSequence):
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+                raise TypeError(
+                    f"seed must be a non-negative int, a numpy.random.SeedSequence or None, got {seed!r}"
+                )
+            out["seed"] = int(seed)
+    if "timeout" in out:
+        timeout = out["timeout"]
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+                raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+            if not timeout > 0:
+                raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+            out["timeout"] = float(timeout)
+    if "progress" in out and not isinstance(out["progress"], bool):
+        raise TypeError(f"progress must be True or False, not {out['progress']!r}")
+    if "allow_nested" in out and not isinstance(out["allow_nested"], bool):
+        raise TypeError(f"allow_nested must be True or False, not {out['allow_nested']!r}")
+    return out
+
+
+def _validate_split(split: object) -> Split:
+    if split is None or isinstance(split, str):
+        return split
+    if isinstance(split, bool):
+        raise TypeError("split must be a parameter name, a position or a tuple of names, not a bool")
+    if isinstance(split, numbers.Integral):
+        if split < 0:
+            raise ValueError(f"split position must be >= 0, got {split}")
+        return int(split)
+    if isinstance(split, tuple | list):
+        if not split or not all(isinstance(s, str) for s in split):
+            raise TypeError(f"split as a sequence must be a non-empty tuple of parameter names, got {split!r}")
+        if len(set(split)) != len(split):
+            raise ValueError(f"split names must be distinct, got {split!r}")
+        return tuple(split)
+    raise TypeError(f"split must be a parameter name, a position or a tuple of names, not {type(split).__name__}")
+
+
+def environment_layer() -> dict[str, Any]:
+    """Options set process-wide through ``CONC_ML_BACKEND`` and ``CONC_ML_WORKERS``.
+
+    Read at each call (cheap), so that tests and notebooks may change them.
+
+    :raises ValueError: if a variable holds a value that is not allowed.
+    """
+    layer: dict[str, Any] = {}
+    backend = os.environ.get(_ENV_BACKEND, "").strip()
+    if backend:
+        layer["backend"] = backend
+    workers = os.environ.get(_ENV_WORKERS, "").strip()
+    if workers:
+        try:
+            layer["workers"] = int(workers)
+        except ValueError:
+            raise ValueError(f"{_ENV_WORKERS} must be a positive integer, got {workers!r}") from None
+    return validate_layer(layer, where=f"environment ({_ENV_BACKEND}/{_ENV_WORKERS})")
+
+
+_config_layer: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("conc_ml_config", default={})
+
+
+def current_config() -> Mapping[str, Any]:
+    """The options set by the innermost ``config()`` block in this context."""
+    return _config_layer.get()
+
+
+@contextlib.contextmanager
+def config(**options: Any) -> Iterator[None]:
+    """Change the defaults of ``@parallel`` calls made inside the block.
+
+    Takes the keywords of :func:`conc_ml.parallel` and backend settings
+    (``address=`` or ``client=`` for dask, ``allow_nested=True`` to let a ``@parallel``
+    function called inside a worker run its own chunks in parallel). Blocks nest; the
+    setting is a :mod:`contextvars` context, so threads and async tasks each see their own.
+
+    :raises TypeError: on an unknown keyword or a value of the wrong type.
+    :raises ValueError: on a value out of range.
+    """
+    layer = validate_layer(options, where="config()", extra=BACKEND_SETTINGS)
+    merged = dict(_config_layer.get())
+    for exclusive, other in (("chunks", "chunk_size"), ("chunk_size", "chunks")):
+        if layer.get(exclusive) is not None:
+            merged.pop(other, None)
+    merged.update(layer)
+    token = _config_layer.set(merged)
+    try:
+        yield
+    finally:
+        _config_layer.reset(token)
+
+
+def merge_layers(*layers: Mapping[str, Any]) -> ParallelOptions:
+    """Merge option layers, lowest precedence first, into resolved options.
+
+    ``chunks`` and ``chunk_size`` are one choice: a higher layer setting either one
+    replaces what a lower layer set for the other.
+    """
+    values: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key in BACKEND_SETTINGS:
+                settings[key] = value
+                continue
+            if key == "chunks" and value is not None:
+                values.pop("chunk_size", None)
+            elif key == "chunk_size" and value is not None:
+                values.pop("chunks", None)
+            values[key] = value
+    return ParallelOptions(**values, settings=settings)

@@ -1,0 +1,354 @@
+"""The ``@parallel`` decorator and the wrapper it returns."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
+
+import anyio
+import anyio.to_thread
+
+from . import _intercept
+from ._combine import combine_results
+from ._engine import PreparedCall, iter_outcomes, iter_outcomes_async
+from ._options import (
+    Combine,
+    ParallelOptions,
+    Seed,
+    Split,
+    current_config,
+    environment_layer,
+    merge_layers,
+    validate_layer,
+)
+from ._runner import ChunkOutcome, ChunkTask, inside_worker
+from ._seeding import chunk_seed, root_seed_sequence
+from ._split import Chunk, plan_chunks
+from .backends import get_backend
+
+__all__ = ["AsyncParallelFunction", "ParallelFunction", "ParallelKwargs", "parallel"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: the parameter that receives each chunk's random ``Generator``
+RNG_PARAMETER = "rng"
+
+
+class ParallelKwargs(TypedDict, total=False):
+    """Keyword arguments of :func:`parallel` and :meth:`ParallelFunction.options`."""
+
+    backend: str
+    chunks: int | None
+    chunk_size: int | None
+    workers: int | None
+    split: Split
+    combine: Combine
+    seed: Seed
+    timeout: float | None
+    progress: bool
+
+
+def _resolve_split_names(signature: inspect.Signature, split: Split, func_name: str) -> tuple[str, ...]:
+    params = list(signature.parameters.values())
+    splittable = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != RNG_PARAMETER]
+    if split is None:
+        if not splittable:
+            raise TypeError(f"@parallel needs a parameter to split, but {func_name}() has none")
+        return (splittable[0].name,)
+    if isinstance(split, int):
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if split >= len(positional):
+            raise ValueError(f"split={split} but {func_name}() has {len(positional)} positional parameter(s)")
+        split = positional[split].name
+    names = (split,) if isinstance(split, str) else split
+    allowed = [p.name for p in splittable]
+    for name in names:
+        if name not in allowed:
+            raise ValueError(
+                f"split names {name!r}, which is not a parameter of {func_name}() that can be split; "
+                f"expected one of: {', '.join(allowed)}"
+            )
+    return tuple(names)
+
+
+def _signature_without_rng(signature: inspect.Signature, func_name: str) -> inspect.Signature:
+    params = list(signature.parameters.values())
+    rng = signature.parameters[RNG_PARAMETER]
+    if rng.kind is rng.POSITIONAL_ONLY or (
+        rng.kind is rng.POSITIONAL_OR_KEYWORD and any(p.kind is p.VAR_POSITIONAL for p in params)
+    ):
+        raise TypeError(
+            f"{func_name}(): the {RNG_PARAMETER!r} parameter must be passable by keyword (after *args, or "
+            "keyword-only), since conc-ml supplies it for each chunk"
+        )
+    return signature.replace(parameters=[p for p in params if p.name != RNG_PARAMETER])
+
+
+def _split_for_keyword_call(
+    signature: inspect.Signature, arguments: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Arguments as a call that passes all it can by keyword (``rng`` joins as a keyword)."""
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for name, param in signature.parameters.items():
+        if name not in arguments:
+            continue
+        value = arguments[name]
+        if param.kind is param.POSITIONAL_ONLY:
+            args.append(value)
+        elif param.kind is param.VAR_POSITIONAL:
+            args.extend(value)
+        elif param.kind is param.VAR_KEYWORD:
+            kwargs.update(value)
+        else:
+            kwargs[name] = value
+    return tuple(args), kwargs
+
+
+class ParallelFunction(Generic[P, R]):
+    """A function whose calls are cut into chunks and run on a backend.
+
+    Created by :func:`parallel`. Calling it splits the split argument(s), runs the
+    user's function once per chunk and combines the per-chunk results.
+    """
+
+    is_async = False
+
+    def __init__(self, func: Callable[P, R], layer: dict[str, Any], overrides: dict[str, Any] | None = None):
+        functools.update_wrapper(self, func)
+        self.__wrapped__: Callable[P, R] = func
+        self._layer = layer
+        self._overrides = overrides or {}
+        self._signature = inspect.signature(func)
+        self._name = getattr(func, "__qualname__", repr(func))
+        self._rng_param = RNG_PARAMETER if RNG_PARAMETER in self._signature.parameters else None
+        # Callers never pass ``rng``: bind their arguments against the signature without it.
+        self._call_signature = self._signature
+        if self._rng_param is not None:
+            self._call_signature = _signature_without_rng(self._signature, self._name)
+        # Fail at decoration time on a split that names no parameter (or no parameter at all).
+        _resolve_split_names(self._signature, {**layer, **self._overrides}.get("split"), self._name)
+
+    def __repr__(self) -> str:
+        return f"<parallel function {self._name} {self._layer}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Inside workers the wrapper is rebuilt around the plain function.
+        return (type(self), (self.__wrapped__, self._layer, self._overrides))
+
+    # -- options ------------------------------------------------------------------
+
+    def resolved_options(self) -> ParallelOptions:
+        """The options a call made now would use, after every layer of precedence."""
+        return merge_layers(environment_layer(), self._layer, current_config(), self._overrides)
+
+    def options(self, **overrides: Unpack[ParallelKwargs]) -> ParallelFunction[P, R]:
+        """A copy whose calls use ``overrides`` above every other source of options.
+
+        :raises TypeError, ValueError: on a keyword or value that is not allowed.
+        """
+        layer = validate_layer(overrides, where=f"{self._name}.options()")
+        merged = {**self._overrides}
+        for exclusive, other in (("chunks", "chunk_size"), ("chunk_size", "chunks")):
+            if layer.get(exclusive) is not None:
+                merged.pop(other, None)
+        merged.update(layer)
+        return type(self)(self.__wrapped__, self._layer, merged)
+
+    # -- calls --------------------------------------------------------------------
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run the function on chunks of the split argument(s) and combine the results."""
+        return self._run(args, kwargs)
+
+    def sequential(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """The same call (same chunks, seeds and combine), chunk after chunk in this thread."""
+        return self._run(args, kwargs, intercept=False, backend="sequential")
+
+    def stream(self, *args: P.args, **kwargs: P.kwargs) -> Iterator[tuple[int, R]]:
+        """Yield ``(chunk index, chunk result)`` as chunks finish, in completion order.
+
+        Leaving the loop early cancels the chunks that have not started.
+        """
+        call = self._prepare(args, kwargs, self.resolved_options(), None)
+        for chunk, outcome in iter_outcomes(call):
+            yield chunk.index, outcome.value
+
+    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, intercept: bool = True, backend: str | None = None) -> Any:
+        options = self.resolved_options()
+        if intercept and not inside_worker():
+            interceptor = _intercept.current_interceptor()
+            if interceptor is not None:
+                return interceptor(_intercept.InterceptedCall(self, args, kwargs, options))
+        call = self._prepare(args, kwargs, options, backend)
+        return _collect(call, iter_outcomes(call))
+
+    # -- preparation ----------------------------------------------------------------
+
+    def _backend_name(self, options: ParallelOptions, forced: str | None) -> str:
+        if forced is not None:
+            return forced
+        if inside_worker() and not options.settings.get("allow_nested", False):
+            return "sequential"
+        if options.backend == "auto":
+            return "async" if self.is_async else "process"
+        return options.backend
+
+    def _prepare(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], options: ParallelOptions, forced_backend: str | None
+    ) -> PreparedCall:
+        if self._rng_param is not None and self._rng_param in kwargs:
+            raise TypeError(
+                f"{self._name}() got an explicit {self._rng_param!r}; conc-ml gives each chunk its own "
+                f"Generator. Pass seed= to @parallel, .options() or config() instead"
+            )
+        bound = self._call_signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        names = _resolve_split_names(self._signature, options.split, self._name)
+        values = [bound.arguments[name] for name in names]
+        workers = options.resolved_workers()
+        plan = plan_chunks(values, names, chunks=options.chunks, chunk_size=options.chunk_size, workers=workers)
+        backend_name = self._backend_name(options, forced_backend)
+        backend = get_backend(backend_name)
+        root = root_seed_sequence(options.seed) if self._rng_param is not None else None
+        arguments = dict(bound.arguments)
+        signature = self._call_signature
+        func = self.__wrapped__
+        rng_param = self._rng_param
+
+        def make_task(chunk: Chunk) -> ChunkTask:
+            chunk_arguments = {**arguments, **dict(zip(names, chunk.values, strict=True))}
+            if rng_param is None:
+                chunk_bound = inspect.BoundArguments(signature, chunk_arguments)  # type: ignore[arg-type]
+                task_args, task_kwargs = chunk_bound.args, chunk_bound.kwargs
+            else:
+                task_args, task_kwargs = _split_for_keyword_call(signature, chunk_arguments)
+            return ChunkTask(
+                func=func,
+                args=task_args,
+                kwargs=task_kwargs,
+                index=chunk.index,
+                seed=None if root is None else chunk_seed(root, chunk.index),
+                rng_param=rng_param,
+            )
+
+        return PreparedCall(
+            function_name=self._name,
+            options=options,
+            backend_name=backend_name,
+            backend=backend,
+            workers=workers,
+            plan=plan,
+            make_task=make_task,
+        )
+
+
+def _collect(call: PreparedCall, outcomes: Iterator[tuple[Chunk, ChunkOutcome]]) -> Any:
+    by_index: dict[int, tuple[Any, int]] = {}
+    for chunk, outcome in outcomes:
+        by_index[chunk.index] = (outcome.value, chunk.n_items)
+    ordered = [by_index[i] for i in range(len(by_index))]
+    return combine_results(call.options.combine, [v for v, _ in ordered], [n for _, n in ordered])
+
+
+class AsyncParallelFunction(ParallelFunction[P, R]):
+    """The wrapper of an ``async def`` function: calls are awaited."""
+
+    is_async = True
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:  # type: ignore[override]
+        """Await the function on chunks of the split argument(s) and combine the results."""
+        return await self._run(args, kwargs)
+
+    async def sequential(self, *args: P.args, **kwargs: P.kwargs) -> Any:  # type: ignore[override]
+        """The same call, one chunk after another in the current event loop."""
+        return await self._run(args, kwargs, intercept=False, backend="sequential")
+
+    async def stream(self, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[tuple[int, Any]]:  # type: ignore[override]
+        """Yield ``(chunk index, chunk result)`` as chunks finish.
+
+        Consume it fully, or close it (``contextlib.aclosing``) when leaving early.
+        """
+        call = self._prepare(args, kwargs, self.resolved_options(), None)
+        if call.backend_name in ("async", "sequential"):
+            if call.backend_name == "sequential":
+                call.workers = 1
+            async for chunk, outcome in iter_outcomes_async(call):
+                yield chunk.index, outcome.value
+            return
+        results = await _in_worker_thread(call, lambda: list(iter_outcomes(call)))
+        for chunk, outcome in results:
+            yield chunk.index, outcome.value
+
+    def _run(  # type: ignore[override]
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, intercept: bool = True, backend: str | None = None
+    ) -> Awaitable[Any]:
+        options = self.resolved_options()
+        if intercept and not inside_worker():
+            interceptor = _intercept.current_interceptor()
+            if interceptor is not None:
+                return interceptor(_intercept.InterceptedCall(self, args, kwargs, options))  # type: ignore[no-any-return]
+        call = self._prepare(args, kwargs, options, backend)
+        return self._run_prepared(call)
+
+    async def _run_prepared(self, call: PreparedCall) -> Any:
+        if call.backend_name in ("async", "sequential"):
+            if call.backend_name == "sequential":
+                call.workers = 1
+            outcomes = [item async for item in iter_outcomes_async(call)]
+            return _collect(call, iter(outcomes))
+        return await _in_worker_thread(call, lambda: _collect(call, iter_outcomes(call)))
+
+
+async def _in_worker_thread(call: PreparedCall, work: Callable[[], R]) -> R:
+    """Run blocking pool work in a worker thread, stopping it if the caller is cancelled."""
+    try:
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        call.cancelled.set()
+        raise
+
+
+@overload
+def parallel(func: Callable[P, Awaitable[R]], /) -> AsyncParallelFunction[P, R]: ...
+@overload
+def parallel(func: Callable[P, R], /) -> ParallelFunction[P, R]: ...
+@overload
+def parallel(**options: Unpack[ParallelKwargs]) -> Callable[[Callable[P, R]], ParallelFunction[P, R]]: ...
+
+
+def parallel(func: Callable[..., Any] | None = None, /, **options: Unpack[ParallelKwargs]) -> Any:
+    """Make ``func`` run on chunks of its input, concurrently, and combine the results.
+
+    Usable bare (``@parallel``) or with options (``@parallel(backend="process", chunks=8)``).
+    Options are checked here, when the decorator is applied.
+
+    :param backend: ``"sequential"``, ``"thread"``, ``"process"``, ``"async"``, ``"dask"``,
+        a registered name, or ``"auto"`` (``"async"`` for ``async def``, else ``"process"``).
+    :param chunks: number of chunks (never more than the items); default one per worker.
+    :param chunk_size: items per chunk instead of ``chunks``; lazy on iterators.
+    :param workers: pool size; default the usable CPUs.
+    :param split: the argument(s) to cut: a name, a position or a tuple of names.
+    :param combine: ``"list"``, ``"concat"``, ``"sum"``, ``"mean"`` or a callable.
+    :param seed: root of the per-chunk streams given to a parameter named ``rng``.
+    :param timeout: seconds for the whole call.
+    :param progress: show a tqdm bar counting items.
+    :raises TypeError, ValueError: on an option that is not allowed.
+    :raises BackendUnavailableError: on an unknown or uninstalled backend.
+    """
+    layer = validate_layer(options, where="@parallel")
+
+    def decorate(target: Callable[..., Any]) -> ParallelFunction[..., Any]:
+        if not callable(target):
+            raise TypeError(f"@parallel decorates a function, not {type(target).__name__}")
+        if isinstance(target, ParallelFunction):
+            raise TypeError(f"{target.__wrapped__.__qualname__}() is already decorated with @parallel")
+        cls = AsyncParallelFunction if inspect.iscoroutinefunction(target) else ParallelFunction
+        return cls(target, layer)
+
+    if func is not None:
+        return decorate(func)
+    return decorate

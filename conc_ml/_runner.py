@@ -1,0 +1,176 @@
+"""What runs inside a worker: one chunk, with its stream, limits and error capture.
+
+Everything here must be importable and cheap in a fresh worker process: loky imports
+this module by reference when it unpickles a :class:`ChunkTask`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import inspect
+import os
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+from .errors import UnpicklableRemoteError
+
+__all__ = ["ChunkFailure", "ChunkOutcome", "ChunkTask", "inside_worker", "run_chunk"]
+
+_inside_worker: contextvars.ContextVar[bool] = contextvars.ContextVar("conc_ml_inside_worker", default=False)
+
+
+def inside_worker() -> bool:
+    """Whether the current code runs inside a chunk that conc-ml started."""
+    return _inside_worker.get()
+
+
+@contextlib.contextmanager
+def worker_scope() -> Iterator[None]:
+    """Mark the code inside as running in a chunk (nested calls then stay sequential)."""
+    token = _inside_worker.set(True)
+    try:
+        yield
+    finally:
+        _inside_worker.reset(token)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChunkTask:
+    """Everything one chunk needs; pickled as a whole when it crosses a process boundary.
+
+    :ivar func: the undecorated user function.
+    :ivar args: positional arguments, the split ones already cut.
+    :ivar kwargs: keyword arguments, the split ones already cut.
+    :ivar index: the chunk's position.
+    :ivar seed: the chunk's :class:`~numpy.random.SeedSequence` when ``rng_param`` is set.
+    :ivar rng_param: name of the parameter that receives the chunk's ``Generator``.
+    :ivar inner_threads: cap on BLAS/OpenMP threads inside the worker, or ``None``.
+    """
+
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    index: int
+    seed: np.random.SeedSequence | None = None
+    rng_param: str | None = None
+    inner_threads: int | None = None
+
+
+class ChunkFailure:
+    """A user exception raised by a chunk, with the worker's traceback as text.
+
+    When pickled (on its way back from a process), the exception travels with
+    cloudpickle if it survives a round trip, else as :class:`UnpicklableRemoteError`
+    carrying its type name and traceback: an exception that cannot be sent back must
+    still surface in the caller, never hang or vanish.
+    """
+
+    __slots__ = ("error", "traceback_text")
+
+    def __init__(self, error: BaseException, traceback_text: str):
+        self.error = error
+        self.traceback_text = traceback_text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        try:
+            payload = cloudpickle.dumps(self.error)
+            cloudpickle.loads(payload)
+        except Exception as pickling_error:
+            error_type = type(self.error)
+            type_name = f"{error_type.__module__}.{error_type.__qualname__}"
+            replacement = UnpicklableRemoteError(
+                f"the worker raised {type_name}: {self.error}; it could not be sent back to the caller "
+                f"({type(pickling_error).__name__}: {pickling_error}). Make the exception picklable "
+                "(its __init__ must accept its args, or define __reduce__)",
+                type_name=type_name,
+                traceback_text=self.traceback_text,
+            )
+            payload = cloudpickle.dumps(replacement)
+        return (_rebuild_failure, (payload, self.traceback_text))
+
+
+def _rebuild_failure(payload: bytes, traceback_text: str) -> ChunkFailure:
+    return ChunkFailure(cloudpickle.loads(payload), traceback_text)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChunkOutcome:
+    """What a chunk gives back: its value, or its failure, and where it ran."""
+
+    index: int
+    value: Any
+    failure: ChunkFailure | None
+    worker: str
+
+
+def describe_worker() -> str:
+    """``pid N, thread NAME``: enough to find the worker in ``ps`` or a log."""
+    return f"pid {os.getpid()}, thread {threading.current_thread().name!r}"
+
+
+_applied_thread_cap: int | None = None
+
+
+def _cap_inner_threads(limit: int) -> None:
+    # BLAS pools are process-wide: apply the cap once per worker process (environment
+    # variables set at worker start cover libraries loaded later).
+    global _applied_thread_cap
+    if _applied_thread_cap == limit:
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=limit)
+    _applied_thread_cap = limit
+
+
+def run_chunk(task: ChunkTask) -> ChunkOutcome:
+    """Run one chunk and capture its result or its exception.
+
+    ``KeyboardInterrupt`` and ``SystemExit`` are not captured: they stop the worker.
+    """
+    if task.inner_threads is not None:
+        _cap_inner_threads(task.inner_threads)
+    kwargs = task.kwargs
+    if task.rng_param is not None:
+        kwargs = {**kwargs, task.rng_param: np.random.default_rng(task.seed)}
+    token = _inside_worker.set(True)
+    try:
+        if inspect.iscoroutinefunction(task.func):
+            import anyio
+
+            value = anyio.run(_call_async, task.func, task.args, kwargs)
+        else:
+            value = task.func(*task.args, **kwargs)
+    except Exception as exc:
+        text = "".join(traceback.format_exception(exc))
+        return ChunkOutcome(task.index, None, ChunkFailure(exc, text), describe_worker())
+    finally:
+        _inside_worker.reset(token)
+    return ChunkOutcome(task.index, value, None, describe_worker())
+
+
+async def _call_async(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return await func(*args, **kwargs)
+
+
+async def run_chunk_async(task: ChunkTask) -> ChunkOutcome:
+    """Await one chunk of an ``async def`` function in the current event loop."""
+    kwargs = task.kwargs
+    if task.rng_param is not None:
+        kwargs = {**kwargs, task.rng_param: np.random.default_rng(task.seed)}
+    token = _inside_worker.set(True)
+    try:
+        value = await task.func(*task.args, **kwargs)
+    except Exception as exc:
+        text = "".join(traceback.format_exception(exc))
+        return ChunkOutcome(task.index, None, ChunkFailure(exc, text), describe_worker())
+    finally:
+        _inside_worker.reset(token)
+    return ChunkOutcome(task.index, value, None, describe_worker())

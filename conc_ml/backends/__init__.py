@@ -1,0 +1,143 @@
+"""Backends: where chunks run, looked up by name.
+
+Built-in backends are imported lazily, on first use, so that ``import conc_ml`` stays
+cheap and a missing optional dependency is reported by name with an install hint rather
+than at import time. Third-party backends register through the ``conc_ml.backends``
+entry-point group (the entry point loads a class implementing :class:`Backend`) or at
+run time with :func:`register_backend`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import importlib.util
+import threading
+from collections.abc import Callable
+
+from ..errors import BackendUnavailableError
+from ._base import Backend
+
+__all__ = ["Backend", "available_backends", "check_backend_name", "get_backend", "register_backend"]
+
+ENTRY_POINT_GROUP = "conc_ml.backends"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _BackendEntry:
+    load: Callable[[], Callable[[], Backend]]
+    requires: tuple[str, ...] = ()
+    install_hint: str = ""
+
+
+def _builtin(module: str, cls: str) -> Callable[[], Callable[[], Backend]]:
+    def load() -> Callable[[], Backend]:
+        return getattr(importlib.import_module(f"conc_ml.backends.{module}"), cls)  # type: ignore[no-any-return]
+
+    return load
+
+
+_registry: dict[str, _BackendEntry] = {
+    "sequential": _BackendEntry(_builtin("_sequential", "SequentialBackend")),
+    "thread": _BackendEntry(_builtin("_thread", "ThreadBackend")),
+    "process": _BackendEntry(_builtin("_process", "ProcessBackend"), ("loky",), "pip install loky"),
+    "async": _BackendEntry(_builtin("_async", "AsyncBackend"), ("anyio",), "pip install anyio"),
+    "dask": _BackendEntry(_builtin("_dask", "DaskBackend"), ("distributed",), "pip install 'conc-ml[dask]'"),
+}
+_instances: dict[str, Backend] = {}
+_lock = threading.Lock()
+_entry_points_loaded = False
+
+
+def register_backend(name: str, factory: Callable[[], Backend], *, replace: bool = False) -> None:
+    """Make a backend available under ``name``.
+
+    :param name: the name users pass as ``backend=``.
+    :param factory: called once, with no arguments, to create the backend (a class works).
+    :param replace: allow replacing an existing registration.
+    :raises ValueError: if ``name`` is taken and ``replace`` is false, or is ``"auto"``.
+    """
+    if not isinstance(name, str) or not name or name == "auto":
+        raise ValueError(f"a backend name must be a non-empty str other than 'auto', got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"factory must be callable, got {factory!r}")
+    with _lock:
+        _load_entry_points()
+        if name in _registry and not replace:
+            raise ValueError(f"a backend named {name!r} is already registered; pass replace=True to replace it")
+        _registry[name] = _BackendEntry(lambda: factory)
+        _instances.pop(name, None)
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name not in _registry:
+            _registry[entry_point.name] = _BackendEntry(entry_point.load)
+
+
+def _known_names() -> str:
+    return ", ".join(sorted(_registry))
+
+
+def check_backend_name(name: str) -> None:
+    """Check that ``name`` is a known backend whose dependencies are installed.
+
+    Cheap: nothing is imported (``importlib.util.find_spec`` only).
+
+    :raises BackendUnavailableError: naming the known backends, or the install hint.
+    """
+    with _lock:
+        _load_entry_points()
+        entry = _registry.get(name)
+    if entry is None:
+        raise BackendUnavailableError(f"unknown backend {name!r}; expected one of: auto, {_known_names()}")
+    missing = [module for module in entry.requires if importlib.util.find_spec(module) is None]
+    if missing:
+        raise BackendUnavailableError(
+            f"backend {name!r} needs {', '.join(missing)}, which is not installed; install it with: {entry.install_hint}"
+        )
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered as ``name``, created on first use.
+
+    :raises BackendUnavailableError: if the name is unknown or its dependencies are missing.
+    """
+    backend = _instances.get(name)
+    if backend is not None:
+        return backend
+    check_backend_name(name)
+    with _lock:
+        backend = _instances.get(name)
+        if backend is None:
+            entry = _registry[name]
+            try:
+                factory = entry.load()
+            except ImportError as exc:
+                raise BackendUnavailableError(
+                    f"backend {name!r} could not be imported ({exc}); install it with: {entry.install_hint}"
+                ) from exc
+            backend = factory()
+            _instances[name] = backend
+    return backend
+
+
+def available_backends() -> dict[str, bool]:
+    """Every known backend name, and whether its dependencies are installed."""
+    with _lock:
+        _load_entry_points()
+        names = sorted(_registry)
+    status = {}
+    for name in names:
+        try:
+            check_backend_name(name)
+        except BackendUnavailableError:
+            status[name] = False
+        else:
+            status[name] = True
+    return status

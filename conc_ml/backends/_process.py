@@ -1,0 +1,91 @@
+"""The ``process`` backend: loky's reusable executor.
+
+loky gives what a home-made pool would get wrong: cloudpickle for lambdas, closures and
+functions defined in ``__main__`` or notebooks; detection of workers that die (signal,
+``os._exit``, OOM killer); and warm workers reused across calls, so imports and process
+start are paid once. BLAS/OpenMP pools in the workers are capped through the environment
+loky starts them with, so that workers x inner threads <= CPUs.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from typing import Any, ClassVar
+
+from .._options import usable_cpus
+from ..errors import WorkerCrashedError
+
+__all__ = ["ProcessBackend", "inner_thread_env"]
+
+#: seconds an idle worker waits for work before loky shuts it down
+IDLE_TIMEOUT = 300
+
+_THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def inner_thread_env(workers: int) -> dict[str, str]:
+    """Environment capping each worker's BLAS/OpenMP threads at ``CPUs // workers``."""
+    inner = str(max(1, usable_cpus() // workers))
+    return dict.fromkeys(_THREAD_VARIABLES, inner)
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+class ProcessBackend:
+    """Chunks on loky's reusable process pool."""
+
+    name: ClassVar[str] = "process"
+    crosses_processes: ClassVar[bool] = True
+    can_stop_running: ClassVar[bool] = True
+    max_in_flight_per_worker: ClassVar[int] = 2
+
+    def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:
+        from loky import get_reusable_executor
+
+        return get_reusable_executor(max_workers=workers, timeout=IDLE_TIMEOUT, env=inner_thread_env(workers))
+
+    def release(self, executor: Executor, *, abort: bool, stop_running: bool) -> None:
+        if stop_running:
+            # The only way to stop a chunk that is running in a process; loky builds a
+            # fresh pool on the next call.
+            executor.shutdown(wait=True, kill_workers=True)  # type: ignore[call-arg]
+
+    def translate_error(self, error: BaseException, chunk: int) -> BaseException | None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        if not isinstance(error, BrokenProcessPool):
+            return None
+        codes = [int(c) for c in re.findall(r"\((-?\d+)\)", str(error))]
+        exitcode = codes[0] if codes else None
+        if exitcode is None:
+            how = "with an unknown exit code"
+        elif exitcode < 0:
+            how = f"killed by {_signal_name(exitcode)} (exit code {exitcode})"
+        else:
+            how = f"with exit code {exitcode}"
+        hint = ""
+        if exitcode == -signal.SIGKILL:
+            hint = (
+                "; SIGKILL is what the kernel's OOM killer sends: if memory ran out, use more chunks "
+                "(smaller pieces) or fewer workers"
+            )
+        return WorkerCrashedError(
+            f"a worker process died while running chunk {chunk}, {how}{hint}. The pool is rebuilt for the next call",
+            chunk=chunk,
+            exitcode=exitcode,
+        )

@@ -1,0 +1,1 @@
+"""pytest plugin of conc-ml: ``pytest --conc-bench`` checks parity and reports speedups."""

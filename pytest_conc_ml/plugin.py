@@ -1,0 +1,1 @@
+"""pytest entry point of conc-ml (options and hooks arrive with the plugin issue)."""
