@@ -120,9 +120,12 @@ def _is_running(client: distributed.Client) -> bool:
 
 def _client_for_address(address: str, source: str) -> distributed.Client:
     with _lock:
-        client = _clients_by_address.get(address)
-        if client is not None and _is_running(client):
-            return client
+        stale = _clients_by_address.pop(address, None)
+        if stale is not None:
+            if _is_running(stale):
+                _clients_by_address[address] = stale
+                return stale
+            stale.close()
         try:
             client = distributed.Client(address, set_as_default=False, timeout=CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError) as error:
@@ -139,8 +142,11 @@ def _client_for_address(address: str, source: str) -> distributed.Client:
 def _embedded_client() -> distributed.Client:
     global _embedded
     with _lock:
-        if _embedded is not None and _is_running(_embedded[1]):
-            return _embedded[1]
+        if _embedded is not None:
+            if _is_running(_embedded[1]):
+                return _embedded[1]
+            _close_embedded(_embedded)
+            _embedded = None
         cluster = distributed.LocalCluster(
             n_workers=usable_cpus(),
             threads_per_worker=1,
@@ -182,9 +188,13 @@ def close_clients() -> None:
     for client in clients:
         client.close()
     if embedded is not None:
-        cluster, client = embedded
-        client.close()
-        cluster.close()
+        _close_embedded(embedded)
+
+
+def _close_embedded(embedded: tuple[distributed.LocalCluster, distributed.Client]) -> None:
+    cluster, client = embedded
+    client.close()
+    cluster.close()
 
 
 # -- scattering large arguments --------------------------------------------------
