@@ -67,37 +67,48 @@ def make_data(n_rows: int = 60_000, n_features: int = 30) -> tuple[np.ndarray, n
     return rows, labels
 
 
-def median_seconds(run: Callable[[], Any], rounds: int) -> float:
-    """Median wall time of ``rounds`` runs of ``run``, after one untimed warm-up run."""
-    run()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
+def interleaved_medians(runs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median wall time of each run over ``rounds`` rounds, after one untimed warm-up each.
+
+    Every round times each run once, in turn, so that a change in the machine's load
+    during the measurement weighs on all of them alike.
+    """
+    for run in runs.values():
         run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
-def compare(rows: np.ndarray, labels: np.ndarray, rounds: int, workers: int | None) -> None:
+def compare(rows: np.ndarray, labels: np.ndarray, *, rounds: int, workers: int | None, trees: int) -> None:
     """Time the training sequentially, on the process backend and on dask; print a table."""
     on_dask = train_forests.options(workers=workers)
     on_processes = train_forests.options(backend="process", workers=workers)
-    reference = vote(on_dask.sequential(rows, labels), rows[:2000])
-    for forests in (on_dask(rows, labels), on_processes(rows, labels)):
+    reference = vote(on_dask.sequential(rows, labels, trees=trees), rows[:2000])
+    for forests in (on_dask(rows, labels, trees=trees), on_processes(rows, labels, trees=trees)):
         np.testing.assert_array_equal(vote(forests, rows[:2000]), reference)
-    sequential = median_seconds(lambda: on_dask.sequential(rows, labels), rounds)
-    process = median_seconds(lambda: on_processes(rows, labels), rounds)
-    dask = median_seconds(lambda: on_dask(rows, labels), rounds)
-    print(
-        f"{FORESTS} random forests on chunks of {rows.shape[0]} x {rows.shape[1]}, "
-        f"workers: {workers or 'usable CPUs'}, warm,"
+    medians = interleaved_medians(
+        {
+            "sequential": lambda: on_dask.sequential(rows, labels, trees=trees),
+            "process": lambda: on_processes(rows, labels, trees=trees),
+            "dask": lambda: on_dask(rows, labels, trees=trees),
+        },
+        rounds,
     )
-    print(f"median of {rounds} rounds (the same forests on every backend: checked)")
+    print(
+        f"{FORESTS} random forests of {trees} trees on chunks of {rows.shape[0]} x {rows.shape[1]}, "
+        f"workers: {workers or 'usable CPUs'}, warm, median of {rounds} interleaved rounds "
+        "(the same forests on every backend: checked)"
+    )
     print("| backend | time | speedup |")
     print("| --- | --- | --- |")
-    for name, seconds in (("sequential", sequential), ("process", process), ("dask", dask)):
-        print(f"| {name} | {seconds:.2f} s | {sequential / seconds:.2f}x |")
-    print(f"dask / process time: {dask / process:.2f}")
+    for name, seconds in medians.items():
+        print(f"| {name} | {seconds:.2f} s | {medians['sequential'] / seconds:.2f}x |")
+    print(f"dask / process time: {medians['dask'] / medians['process']:.2f}")
 
 
 def main() -> None:
@@ -106,16 +117,17 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true", help="time dask next to the process backend")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per backend with --compare")
     parser.add_argument("--rows", type=int, default=60_000, help="rows of the dataset")
+    parser.add_argument("--trees", type=int, default=25, help="trees per forest")
     parser.add_argument("--workers", type=int, default=None, help="chunks in flight (default: usable CPUs)")
     options = parser.parse_args()
     rows, labels = make_data(options.rows)
     if options.compare:
-        compare(rows, labels, options.rounds, options.workers)
+        compare(rows, labels, rounds=options.rounds, workers=options.workers, trees=options.trees)
         return
     held_out = 4_000
     rows, labels, test_rows, test_labels = rows[:-held_out], labels[:-held_out], rows[-held_out:], labels[-held_out:]
     start = time.perf_counter()
-    forests = train_forests.options(workers=options.workers)(rows, labels)
+    forests = train_forests.options(workers=options.workers)(rows, labels, trees=options.trees)
     elapsed = time.perf_counter() - start
     accuracy = float(np.mean(vote(forests, test_rows) == test_labels))
     print(f"trained {len(forests)} forests on dask in {elapsed:.2f} s (cluster start included)")
