@@ -126,9 +126,16 @@ def _client_for_address(address: str, source: str) -> distributed.Client:
                 _clients_by_address[address] = stale
                 return stale
             stale.close()
+        # Made in two steps to keep hold of a client that fails to connect: distributed
+        # marks it closed without stopping its event-loop thread, which would outlive it.
+        client = distributed.Client.__new__(distributed.Client)
         try:
-            client = distributed.Client(address, set_as_default=False, timeout=CONNECT_TIMEOUT_S)
+            client.__init__(address, set_as_default=False, timeout=CONNECT_TIMEOUT_S)  # type: ignore[misc]
         except (OSError, TimeoutError) as error:
+            client.close()
+            loop_runner = getattr(client, "_loop_runner", None)
+            if loop_runner is not None:
+                loop_runner.stop()
             raise BackendUnavailableError(
                 f"cannot reach the dask scheduler at {address!r} (from {source}): {error}. "
                 "Start one with `dask scheduler` and workers with `dask worker ADDRESS`, "

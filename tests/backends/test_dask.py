@@ -385,3 +385,37 @@ def test_embedded_local_cluster_starts_lazily_and_closes_at_exit(tmp_path: Path)
     assert any(line.startswith("scheduler tcp://127.0.0.1:") for line in lines)
     assert f"workers {conc_ml._options.usable_cpus()}" in lines
     assert "Traceback" not in done.stderr
+
+
+def test_unpicklable_argument_is_a_serialization_error(on_dask: Any) -> None:
+    import threading
+
+    func = parallel(chunks=2, workers=2)(_length_with)
+    with pytest.raises(conc_ml.SerializationError, match=r"argument 'lock'.*cannot be pickled to reach a 'dask'"):
+        func([1, 2], threading.Lock())
+
+
+def test_unpicklable_result_is_a_serialization_error(on_dask: Any) -> None:
+    func = parallel(chunks=2, workers=2)(_make_lock)
+    with pytest.raises(conc_ml.SerializationError, match="the result of chunk"):
+        func([1, 2])
+
+
+def _length_with(values: list[int], lock: Any) -> int:
+    return len(values)
+
+
+def _make_lock(values: list[int]) -> Any:
+    import threading
+
+    return threading.Lock()
+
+
+def test_a_closed_address_client_is_replaced(on_dask: Any, dask_cluster: Any) -> None:
+    settings = {"address": dask_cluster.scheduler_address}
+    first = _dask.resolve_client(settings)
+    first.close()
+    second = _dask.resolve_client(settings)
+    assert second is not first
+    with config(client=second):
+        assert parallel(chunks=2, workers=2)(total)([1.0, 2.0]) == [1.0, 2.0]
