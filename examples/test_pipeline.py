@@ -1,0 +1,59 @@
+"""Tests of the pipeline example: the overlapped run gives the staged run's models, in flat memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from pipeline import LIVE_BATCHES, calibrate, ensemble_accuracy, fetch_batches, run_pipelined, run_staged, serve_batches
+
+import conc_ml
+
+N_BATCHES = 40
+
+
+@pytest.fixture(scope="module")
+def address() -> Iterator[tuple[str, int]]:
+    with serve_batches(N_BATCHES + 1, latency=0.005, rows=32) as address:
+        yield address
+
+
+def same_models(left: list[tuple[int, object]], right: list[tuple[int, object]]) -> bool:
+    return [i for i, _ in left] == [i for i, _ in right] and all(
+        np.array_equal(a[-1].coef_, b[-1].coef_)  # type: ignore[index]
+        for (_, a), (_, b) in zip(left, right, strict=True)
+    )
+
+
+def test_pipelined_equals_staged_and_holds_few_batches(address: tuple[str, int]) -> None:
+    center, scale, test = calibrate(address, batch_id=N_BATCHES)
+    batch_ids = list(range(N_BATCHES))
+    # Two workers per stage whatever the machine, so that the bound below holds everywhere.
+    with conc_ml.config(workers=2):
+        LIVE_BATCHES.reset_peak()
+        pipelined = run_pipelined(batch_ids, address, center, scale, epochs=20)
+        pipelined_peak = LIVE_BATCHES.peak
+        LIVE_BATCHES.reset_peak()
+        staged = run_staged(batch_ids, address, center, scale, epochs=20)
+        staged_peak = LIVE_BATCHES.peak
+
+    assert [i for i, _ in pipelined] == batch_ids
+    assert same_models(pipelined, staged)
+    assert ensemble_accuracy(pipelined, test) > 0.9
+    # A few chunks in flight per stage and worker: far fewer than the batches.
+    assert pipelined_peak <= 16
+    assert staged_peak >= N_BATCHES
+
+
+def test_a_missing_batch_fails_with_the_server_answer(address: tuple[str, int]) -> None:
+    with pytest.raises(OSError, match="404"):
+        fetch_batches([0, N_BATCHES + 5], address=address)
+
+
+def test_the_server_is_gone_after_the_block() -> None:
+    with serve_batches(1, latency=0.0, rows=2) as address:
+        (batch,) = fetch_batches([0], address=address)
+    assert batch.signals.shape[0] == 2
+    with pytest.raises(ConnectionRefusedError):
+        fetch_batches.__wrapped__([0], address=address, timeout=2.0)
