@@ -74,6 +74,8 @@ def _drop_what_does_not_exist_yet(app: Any, docname: str, source: list[str]) -> 
     for page in PAGES_ADDED_ELSEWHERE:
         if not (DOCS / f"{page}.md").exists():
             text = re.sub(rf"^{re.escape(page)}\n", "", text, flags=re.M)
+            # A link to it keeps its words and loses its target.
+            text = re.sub(rf"\[([^\]]*)\]\((?:\.\./)*{re.escape(page)}\.md(?:#[\w-]*)?\)", r"\1", text)
     source[0] = text
 
 

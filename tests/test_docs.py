@@ -140,6 +140,7 @@ def run_block(block: CodeBlock, namespace: dict[str, Any]) -> None:
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     report = io.StringIO()
     runner.run(test, out=report.write, clear_globs=False)
+    namespace.update(test.globs)  # DocTest works on a copy; later blocks see what this one defined
     if runner.failures:
         raise AssertionError(
             f"the output shown in {block.page.name}:{block.line} is not what runs:\n{report.getvalue()}"
