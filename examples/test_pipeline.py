@@ -15,7 +15,7 @@ N_BATCHES = 40
 
 @pytest.fixture(scope="module")
 def address() -> Iterator[tuple[str, int]]:
-    with serve_batches(N_BATCHES + 1, latency=0.005, rows=32) as address:
+    with serve_batches(N_BATCHES + 1, latency=0.005, rows=128) as address:
         yield address
 
 
@@ -53,7 +53,7 @@ def test_a_missing_batch_fails_with_the_server_answer(address: tuple[str, int]) 
 
 def test_the_server_is_gone_after_the_block() -> None:
     with serve_batches(1, latency=0.0, rows=2) as address:
-        (batch,) = fetch_batches([0], address=address)
+        (batch,) = fetch_batches.__wrapped__([0], address=address)
     assert batch.signals.shape[0] == 2
     with pytest.raises(ConnectionRefusedError):
         fetch_batches.__wrapped__([0], address=address, timeout=2.0)

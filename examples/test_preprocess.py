@@ -4,45 +4,51 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from preprocess import BANDS, extract_features, fit_scaling, make_signals
+from preprocess import BANDS, SAMPLE_RATE, extract_features, fit_scaling, make_signals
 
 
 @pytest.fixture(scope="module")
-def signals() -> tuple[np.ndarray, np.ndarray]:
-    # 301 rows: chunks of unequal sizes, and a last chunk of one row with CHUNK_ROWS=256.
+def small() -> tuple[np.ndarray, np.ndarray]:
+    # 301 rows: chunks of unequal sizes, and with CHUNK_ROWS=256 a second chunk of 45 rows.
     return make_signals(301, length=512, seed=3)
 
 
 @pytest.mark.parametrize("chunks", [1, 2, 7, 301])
-@pytest.mark.parametrize("backend", ["thread", "sequential"])
-def test_any_chunking_equals_the_whole_array(signals: tuple[np.ndarray, np.ndarray], chunks: int, backend: str) -> None:
-    rows, _ = signals
+def test_any_chunking_equals_the_whole_array(small: tuple[np.ndarray, np.ndarray], chunks: int) -> None:
+    rows, _ = small
     center, scale = fit_scaling(rows)
-    chunked = extract_features.options(backend=backend, chunks=chunks, workers=2)(rows, center=center, scale=scale)
+    chunked = extract_features.options(chunks=chunks).sequential(rows, center=center, scale=scale)
     whole = extract_features.__wrapped__(rows, center=center, scale=scale)
     assert chunked.shape == (len(rows), len(BANDS) + 3)
     np.testing.assert_array_equal(chunked, whole)
 
 
-def test_checked_with_whole_true(signals: tuple[np.ndarray, np.ndarray]) -> None:
+def test_threads_give_the_whole_array_result_at_full_size() -> None:
+    # 32 MiB, 16 chunks: the size at which threads pay off, and the row of `make demo`'s table.
+    rows, _ = make_signals(4096, length=4 * SAMPLE_RATE, seed=4)
+    center, scale = fit_scaling(rows)
+    features = extract_features(rows, center=center, scale=scale)
+    np.testing.assert_array_equal(features, extract_features.__wrapped__(rows, center=center, scale=scale))
+
+
+def test_checked_with_whole_true(small: tuple[np.ndarray, np.ndarray]) -> None:
     testing = pytest.importorskip("conc_ml.testing", reason="conc_ml.testing arrives with issue 5")
-    rows, _ = signals
+    rows, _ = small
     center, scale = fit_scaling(rows)
     testing.assert_parallel_equivalent(
-        extract_features, rows, center=center, scale=scale, backends=("thread",), chunks=(1, 3, 8), whole=True
+        extract_features, rows, center=center, scale=scale, backends="thread", chunks=(1, 3, 8), whole=True
     )
 
 
-def test_the_band_power_of_the_tone_separates_the_classes(signals: tuple[np.ndarray, np.ndarray]) -> None:
-    rows, labels = signals
+def test_the_band_power_of_the_tone_separates_the_classes(small: tuple[np.ndarray, np.ndarray]) -> None:
+    rows, labels = small
     center, scale = fit_scaling(rows)
-    features = extract_features(rows, center=center, scale=scale)
-    band_8_13 = features[:, 2]
+    band_8_13 = extract_features.sequential(rows, center=center, scale=scale)[:, 2]
     assert band_8_13[labels == 0].min() > band_8_13[labels == 1].max()
 
 
 def test_bad_input_is_refused_with_the_allowed_shape() -> None:
     with pytest.raises(ValueError, match="2-d array"):
-        extract_features(np.zeros(10), center=0.0, scale=1.0)
+        extract_features.sequential(np.zeros(10), center=0.0, scale=1.0)
     with pytest.raises(ValueError, match="scale must be > 0"):
-        extract_features(np.zeros((4, 8)), center=0.0, scale=0.0)
+        extract_features.sequential(np.zeros((4, 8)), center=0.0, scale=0.0)
