@@ -46,8 +46,15 @@ pygments_dark_style = "monokai"
 PAGES_ADDED_ELSEWHERE = ("performance", "scaling-out")
 
 _REQUIRES = re.compile(
-    r"<!-- sphinx: requires (?P<name>[\w.]+) -->\n(?P<body>.*?)<!-- sphinx: end requires -->\n?", re.S
+    r"<!-- sphinx: requires (?P<name>[\w./-]+) -->\n(?P<body>.*?)<!-- sphinx: end requires -->\n?", re.S
 )
+
+
+def available(name: str) -> bool:
+    """Whether ``name`` exists now: a file (a path from the repository root), else an importable name."""
+    if "/" in name:
+        return (ROOT / name).is_file()
+    return importable(name)
 
 
 def importable(name: str) -> bool:
@@ -70,7 +77,7 @@ def _drop_what_does_not_exist_yet(app: Any, docname: str, source: list[str]) -> 
     # Reference sections for modules still being written would fail the build (autodoc
     # cannot import them), as would toctree entries for pages not written yet. Both
     # appear by themselves once what they name exists.
-    text = _REQUIRES.sub(lambda m: m["body"] if importable(m["name"]) else "", source[0])
+    text = _REQUIRES.sub(lambda m: m["body"] if available(m["name"]) else "", source[0])
     for page in PAGES_ADDED_ELSEWHERE:
         if not (DOCS / f"{page}.md").exists():
             text = re.sub(rf"^{re.escape(page)}\n", "", text, flags=re.M)
