@@ -32,10 +32,10 @@ def test_pipelined_equals_staged_and_holds_few_batches(address: tuple[str, int])
     # Two workers per stage whatever the machine, so that the bound below holds everywhere.
     with conc_ml.config(workers=2):
         LIVE_BATCHES.reset_peak()
-        pipelined = run_pipelined(batch_ids, address, center, scale, epochs=20)
+        pipelined = run_pipelined(batch_ids, address, center, scale, epochs=100)
         pipelined_peak = LIVE_BATCHES.peak
         LIVE_BATCHES.reset_peak()
-        staged = run_staged(batch_ids, address, center, scale, epochs=20)
+        staged = run_staged(batch_ids, address, center, scale, epochs=100)
         staged_peak = LIVE_BATCHES.peak
 
     assert [i for i, _ in pipelined] == batch_ids

@@ -8,7 +8,7 @@ from train_ensemble import MEMBERS, accuracy, ensemble_predict, make_data, same_
 
 #: small enough for a test, large enough for every chunk to hold both classes
 N_ROWS = 4_000
-SMALL = {"features": 200, "epochs": 5}
+SMALL = {"features": 200, "epochs": 10}
 
 
 @pytest.fixture(scope="module")

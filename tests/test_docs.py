@@ -198,6 +198,13 @@ def test_a_wrong_output_fails(tmp_path: Path) -> None:
     run_block(CodeBlock(tmp_path / "p.md", 1, "pycon", ">>> 1 + 1\n2\n", None), {})
 
 
+def test_names_defined_in_one_block_reach_the_next(tmp_path: Path) -> None:
+    namespace: dict[str, Any] = {}
+    run_block(CodeBlock(tmp_path / "p.md", 1, "pycon", ">>> def f():\n...     return 41\n", None), namespace)
+    run_block(CodeBlock(tmp_path / "p.md", 5, "python", "answer = f() + 1\n", None), namespace)
+    run_block(CodeBlock(tmp_path / "p.md", 9, "pycon", ">>> answer\n42\n", None), namespace)
+
+
 def test_a_failing_block_points_at_its_page_line(tmp_path: Path) -> None:
     block = CodeBlock(tmp_path / "p.md", 7, "python", "x = 1\nraise KeyError(x)\n", None)
     with pytest.raises(KeyError) as caught:
