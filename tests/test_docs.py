@@ -152,15 +152,16 @@ def test_every_code_block_runs(page: Path) -> None:
     blocks = [b for b in code_blocks(page) if b.language in EXECUTED]
     if not blocks:
         pytest.skip("no Python on this page")
+    # Run as a script would be, so that blocks guarded by `if __name__ == "__main__":` run too.
     namespace: dict[str, Any] = {"__name__": "__main__"}
-    skipped = []
+    skipped: dict[str, list[int]] = {}
     for block in blocks:
         if block.skip_reason is not None:
-            skipped.append(f"line {block.line}: {block.skip_reason}")
+            skipped.setdefault(block.skip_reason, []).append(block.line)
             continue
         run_block(block, namespace)
-    if len(skipped) == len(blocks):
-        pytest.skip("; ".join(skipped))
+    if sum(map(len, skipped.values())) == len(blocks):
+        pytest.skip("; ".join(f"{reason} (lines {', '.join(map(str, lines))})" for reason, lines in skipped.items()))
 
 
 # -- the test of the test -------------------------------------------------------
