@@ -6,7 +6,16 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from pipeline import LIVE_BATCHES, calibrate, ensemble_accuracy, fetch_batches, run_pipelined, run_staged, serve_batches
+from pipeline import (
+    LIVE_BATCHES,
+    calibrate,
+    ensemble_accuracy,
+    fetch_batches,
+    main,
+    run_pipelined,
+    run_staged,
+    serve_batches,
+)
 
 import conc_ml
 
@@ -57,3 +66,8 @@ def test_the_server_is_gone_after_the_block() -> None:
     assert batch.signals.shape[0] == 2
     with pytest.raises(ConnectionRefusedError):
         fetch_batches.__wrapped__([0], address=address, timeout=2.0)
+
+
+def test_the_script_reports_agreement(capsys: pytest.CaptureFixture[str]) -> None:
+    main(n_batches=6, latency=0.001)
+    assert "pipelined == staged: True" in capsys.readouterr().out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from preprocess import BANDS, SAMPLE_RATE, extract_features, fit_scaling, make_signals
+from preprocess import BANDS, SAMPLE_RATE, extract_features, fit_scaling, main, make_signals
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +52,8 @@ def test_bad_input_is_refused_with_the_allowed_shape() -> None:
         extract_features.sequential(np.zeros(10), center=0.0, scale=1.0)
     with pytest.raises(ValueError, match="scale must be > 0"):
         extract_features.sequential(np.zeros((4, 8)), center=0.0, scale=0.0)
+
+
+def test_the_script_reports_agreement(capsys: pytest.CaptureFixture[str]) -> None:
+    main(n_signals=600, length=256)
+    assert "chunked == whole array: True" in capsys.readouterr().out
