@@ -139,7 +139,7 @@ def _legend(*, serial: bool, timing: bool) -> list[str]:
         "  efficiency: speedup / ideal, ideal = min(workers, chunks, CPUs) (1 for the sequential backend)",
         "  spread: interquartile range of the parallel times, relative to their median",
         "  parity: parallel result equivalent to .sequential() in every round "
-        "(largest numeric difference in brackets; FAIL in red)",
+        "(largest numeric difference in brackets; FAIL in red; skip: an iterator passed whole cannot be rerun)",
     ]
     if serial:
         legend.append(

@@ -61,6 +61,11 @@ FUNCTIONS = """
         return [sum(square(list(range(x + 1)))) for x in xs]
 
 
+    @parallel(backend="thread", chunks=2, combine="concat")
+    def with_stream(xs, stream):
+        return list(xs)
+
+
     @parallel(backend="async", chunks=2, combine="concat")
     async def async_square(xs):
         return [x * x for x in xs]
@@ -214,11 +219,14 @@ def test_async_functions_are_benchmarked_in_the_callers_loop(functions: pytest.P
 
         def test_async():
             assert anyio.run(cbfuncs.async_square, [1, 2, 3]) == [1, 4, 9]
+
+        def test_async_fixture(conc_bench):
+            assert anyio.run(lambda: conc_bench(cbfuncs.async_square, [1, 2], name="explicit")) == [1, 4]
         """
     )
     result = functions.runpytest("--conc-bench", "--conc-bench-rounds=2")
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["test_async::async_square*async*2*2*ok"])
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["test_async::async_square*async*2*2*ok", "test_async_fixture::explicit*async*2*2*ok"])
 
 
 def test_iterator_inputs_are_replayed(functions: pytest.Pytester) -> None:
@@ -233,6 +241,20 @@ def test_iterator_inputs_are_replayed(functions: pytest.Pytester) -> None:
     result = functions.runpytest("--conc-bench", "--conc-bench-rounds=2")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["test_generator::square*ok"])
+
+
+def test_an_iterator_passed_whole_is_run_once_unchecked(functions: pytest.Pytester) -> None:
+    functions.makepyfile(
+        """
+        import cbfuncs
+
+        def test_stream():
+            assert cbfuncs.with_stream([1, 2, 3], iter([])) == [1, 2, 3]
+        """
+    )
+    result = functions.runpytest("--conc-bench")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["test_stream::with_stream*thread*2*2*-*-*skip"])
 
 
 def test_fixture_checks_parity_without_the_flag(functions: pytest.Pytester) -> None:
