@@ -127,7 +127,10 @@ def _raw(config: pytest.Config, dest: str) -> tuple[str, str] | None:
     """The option's raw text and where it came from, command line first, then ini."""
     value = config.getoption(dest)
     if value is not None:
-        return str(value), "--" + dest.replace("_", "-")
+        flag = "--" + dest.replace("_", "-")
+        if not str(value).strip():
+            raise pytest.UsageError(f"{flag} needs a value, got an empty one")
+        return str(value).strip(), flag
     ini = config.getini(dest)
     if isinstance(ini, str) and ini.strip():
         return ini.strip(), f"ini option {dest}"

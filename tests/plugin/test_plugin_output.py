@@ -65,6 +65,7 @@ def test_options_are_in_their_own_help_group(pytester: pytest.Pytester) -> None:
     ("args", "message"),
     [
         (["--conc-bench-rounds=0"], "*--conc-bench-rounds must be an integer >= 1, got 0"),
+        (["--conc-bench", "--conc-bench-json="], "*--conc-bench-json needs a value, got an empty one"),
         (["--conc-bench-warmup=x"], "*--conc-bench-warmup must be an integer >= 0, got 'x'"),
         (["--conc-bench-min-speedup=-2"], "*--conc-bench-min-speedup must be a number >= 0, got '-2'"),
         (["--conc-bench-rtol=nan"], "*--conc-bench-rtol must be a number >= 0, got 'nan'"),
