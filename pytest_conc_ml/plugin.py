@@ -1,5 +1,18 @@
 """pytest entry point of conc-ml: options, the ``conc_bench`` fixture and marker, and the hooks.
 
+- ``pytest --conc-bench``: during each test's call phase, every top-level call to a
+  ``@parallel`` function runs ``.sequential`` and the parallel path with the same seed,
+  ``--conc-bench-warmup`` untimed and ``--conc-bench-rounds`` timed rounds; a result that
+  differs fails the test with :class:`conc_ml.errors.ParityError`; the test receives the
+  parallel result. Calls from fixtures' set-up, ``.stream()`` and calls inside workers are
+  not intercepted. Without the flag nothing is intercepted.
+- ``conc_bench(func, *args, name=None, **kwargs)``: the same for one explicit call; without
+  ``--conc-bench`` one untimed round checks parity.
+- ``@pytest.mark.conc_bench(rounds=, min_speedup=, rtol=, atol=, backends=, workers=)``.
+- Under pytest-xdist, workers check parity without timing and the controller reports.
+- The hypothesis profile ``conc-bench`` (no deadline) is registered for property tests
+  that call parallel code: select it with ``--hypothesis-profile=conc-bench``.
+
 ``conc_ml`` itself is imported inside hooks only when a test needs it, so that projects
 that never pass ``--conc-bench`` pay nothing at start-up.
 """
