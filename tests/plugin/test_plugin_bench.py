@@ -159,6 +159,15 @@ def test_a_non_reproducible_function_fails_its_test(functions: pytest.Pytester) 
     )
 
 
+def test_parity_failures_are_red(functions: pytest.Pytester) -> None:
+    functions.makepyfile("import cbfuncs\n\ndef test_unstable():\n    cbfuncs.not_reproducible([1, 2])\n")
+    result = functions.runpytest("--conc-bench", "--conc-bench-rounds=1", "--color=yes")
+    result.assert_outcomes(failed=1)
+    (row,) = [line for line in result.outlines if "test_unstable::not_reproducible" in line]
+    assert "\x1b[31m" in row
+    assert "FAIL" in row
+
+
 def test_tolerances_come_from_options_and_marker(functions: pytest.Pytester) -> None:
     functions.makepyfile(
         """
