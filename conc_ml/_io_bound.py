@@ -27,6 +27,7 @@ import heapq
 import inspect
 import math
 import numbers
+import queue
 import random
 import threading
 import time
@@ -452,6 +453,7 @@ class IOBoundFunction(_IOBoundBase[P, R]):
         backing_off: list[tuple[float, int, int]] = []  # heap of (due time, index, attempt number)
         running: dict[concurrent.futures.Future[Any], _ThreadAttempt] = {}
         slot: float | None = None  # a reserved rate slot, not yet used
+        completions: queue.SimpleQueue[concurrent.futures.Future[Any]] = queue.SimpleQueue()
         executor = concurrent.futures.ThreadPoolExecutor(
             options.concurrency, thread_name_prefix=f"conc-ml {self._name}"
         )
@@ -471,16 +473,19 @@ class IOBoundFunction(_IOBoundBase[P, R]):
                 while backing_off and backing_off[0][0] <= now:
                     _, index, number = heapq.heappop(backing_off)
                     ready.append((index, number))
-                while not exhausted and len(held) < self._window:
-                    entry = next(source, None)
-                    if entry is None:
-                        exhausted = True
-                    else:
+                # Items are read only when a thread is free for them, so that a slow or
+                # endless iterator is consumed at the pace of the calls.
+                while len(running) < options.concurrency:
+                    if not ready:
+                        if exhausted or len(held) >= self._window:
+                            break
+                        entry = next(source, None)
+                        if entry is None:
+                            exhausted = True
+                            break
                         held[entry[0]] = entry[1]
                         ready.append((entry[0], 1))
-                if exhausted and not held:
-                    return
-                while ready and len(running) < options.concurrency:
+                    now = time.monotonic()
                     if self._rate is not None:
                         slot = self._rate.reserve() if slot is None else slot
                         if slot > now:
@@ -488,23 +493,28 @@ class IOBoundFunction(_IOBoundBase[P, R]):
                         slot = None
                     index, number = ready.popleft()
                     deadline = math.inf if options.timeout is None else now + options.timeout
-                    running[executor.submit(func, held[index], *args, **kwargs)] = _ThreadAttempt(
-                        index, number, deadline
-                    )
+                    future = executor.submit(func, held[index], *args, **kwargs)
+                    running[future] = _ThreadAttempt(index, number, deadline)
+                    future.add_done_callback(completions.put)
+                if exhausted and not held:
+                    return
                 wake = min(
                     [a.deadline for a in running.values() if not a.given_up]
                     + [backing_off[0][0] if backing_off else math.inf]
-                    + [slot if slot is not None and ready and len(running) < options.concurrency else math.inf]
+                    + [slot if slot is not None else math.inf]
                 )
                 wait = None if wake == math.inf else max(0.0, wake - time.monotonic())
+                done: list[concurrent.futures.Future[Any]] = []
                 if running:
-                    done, _ = concurrent.futures.wait(running, wait, concurrent.futures.FIRST_COMPLETED)
+                    with contextlib.suppress(queue.Empty):
+                        done.append(completions.get(timeout=wait))
+                        while True:
+                            done.append(completions.get_nowait())
                 else:
                     # Nothing in flight: only a backoff or the rate holds the next start.
                     time.sleep(wait or 0.0)
-                    done = set()
                 now = time.monotonic()
-                for future in sorted(done, key=lambda f: running[f].index):
+                for future in done:  # in completion order
                     attempt = running.pop(future)
                     if attempt.given_up:
                         continue
