@@ -169,22 +169,38 @@ def test_an_error_outside_retry_on_is_not_retried() -> None:
     assert attempts == [1]
 
 
-def test_results_come_in_input_order_while_stream_gives_completion_order() -> None:
+def test_map_returns_results_in_input_order_when_they_finish_in_reverse() -> None:
     n = 6
     finished = [threading.Event() for _ in range(n)]
 
     @io_bound(concurrency=n)
     def chained(i: int) -> int:
-        # Item i finishes only after item i + 1: completion order is the reverse of input order.
+        # Item i returns only after item i + 1 did: completion order is the reverse of input order.
         if i + 1 < n:
             assert finished[i + 1].wait(WAIT)
         finished[i].set()
         return i * 10
 
     assert chained.map(range(n)) == [i * 10 for i in range(n)]
-    for event in finished:
-        event.clear()
-    assert [i for i, _ in chained.stream(range(n))] == list(reversed(range(n)))
+
+
+def test_stream_yields_in_completion_order() -> None:
+    n = 6
+    received = [threading.Event() for _ in range(n)]
+
+    @io_bound(concurrency=n)
+    def chained(i: int) -> int:
+        # Item i returns only once the caller has received item i + 1.
+        if i + 1 < n:
+            assert received[i + 1].wait(WAIT)
+        return i * 10
+
+    order = []
+    for index, result in chained.stream(range(n)):
+        assert result == index * 10
+        order.append(index)
+        received[index].set()
+    assert order == list(reversed(range(n)))
 
 
 def test_the_first_failure_drops_the_items_not_started_and_keeps_its_type() -> None:
