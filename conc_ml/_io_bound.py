@@ -27,6 +27,7 @@ import heapq
 import inspect
 import math
 import numbers
+import operator
 import queue
 import random
 import threading
@@ -38,7 +39,6 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 from anyio.lowlevel import RunVar
-from anyio.streams.memory import MemoryObjectSendStream
 
 __all__ = ["AsyncIOBoundFunction", "IOBoundFunction", "IOBoundOptions", "io_bound"]
 
@@ -240,20 +240,31 @@ class _IOBoundBase(Generic[P, R]):
             if delay > 0:
                 await anyio.sleep(delay)
 
-    async def _retrying(self, index: int, attempt_once: Callable[[], Awaitable[Any]]) -> ItemOutcome:
-        number = 1
+    async def _retrying(
+        self, index: int, attempt_once: Callable[[], Awaitable[Any]], first: int = 1, error: Exception | None = None
+    ) -> ItemOutcome:
+        """Run attempts from number ``first`` until one succeeds, or a failure ends the item.
+
+        ``error``, if given, is the failure of attempt ``first - 1``: its backoff comes first.
+        """
+        number = first
         while True:
+            if error is not None:
+                await anyio.sleep(self._options.retry_delay(number - 1))
             try:
                 value = await attempt_once()
-            except Exception as error:
-                if not self._options.should_retry(error, number):
-                    return ItemOutcome(index, None, error, number)
-                await anyio.sleep(self._options.retry_delay(number))
+            except Exception as failure:
+                if not self._options.should_retry(failure, number):
+                    return ItemOutcome(index, None, failure, number)
+                error = failure
                 number += 1
             else:
                 return ItemOutcome(index, value, None, number)
 
-    async def _attempt_async(self, args: tuple[Any, ...], kwargs: dict[str, Any], group: TaskGroup | None) -> Any:
+    async def _attempt_async(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], state: _LoopState, group: TaskGroup | None
+    ) -> Any:
+        """One attempt, holding a slot of the function's limiter while the call runs."""
         raise NotImplementedError
 
     async def _drive(
@@ -261,73 +272,72 @@ class _IOBoundBase(Generic[P, R]):
         items: Iterable[Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        send: MemoryObjectSendStream[ItemOutcome],
+        deliver: Callable[[ItemOutcome], bool],
     ) -> None:
-        """Run every item as a task of one task group and send each outcome as it comes."""
-        window = anyio.Semaphore(self._window)
+        """Run one call per item, at most ``concurrency`` at once, and deliver each outcome.
 
-        async def run_item(
-            index: int, item: Any, group: TaskGroup, sender: MemoryObjectSendStream[ItemOutcome]
-        ) -> None:
-            with sender:
+        ``concurrency`` worker tasks take items from one shared iterator, so that items are
+        read only as fast as calls finish and no task is spawned per item. An item that
+        must wait out a backoff moves to a task of its own and its worker moves on.
+        ``deliver`` returns ``True`` to stop: the calls still running are then cancelled.
+        """
+        state = self._state()
+        source = enumerate(items)
+
+        def attempt(item: Any, group: TaskGroup) -> Callable[[], Awaitable[Any]]:
+            return lambda: self._attempt_async((item, *args), kwargs, state, group)
+
+        async def finish_item(index: int, item: Any, error: Exception, group: TaskGroup) -> None:
+            outcome = await self._retrying(index, attempt(item, group), first=2, error=error)
+            if deliver(outcome):
+                group.cancel_scope.cancel()
+
+        async def worker(group: TaskGroup) -> None:
+            # One event loop thread: no other worker can be inside next() at the same time.
+            for index, item in source:
                 try:
-                    outcome = await self._retrying(index, lambda: self._attempt_async((item, *args), kwargs, group))
-                finally:
-                    window.release()
-                # The receiver is gone only when the caller stopped early; the outcome is not wanted.
-                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    sender.send_nowait(outcome)
+                    value = await self._attempt_async((item, *args), kwargs, state, group)
+                except Exception as error:
+                    if self._options.should_retry(error, 1):
+                        group.start_soon(finish_item, index, item, error, group)
+                        continue
+                    outcome = ItemOutcome(index, None, error, 1)
+                else:
+                    outcome = ItemOutcome(index, value, None, 1)
+                if deliver(outcome):
+                    group.cancel_scope.cancel()
+                    return
 
-        async with send, anyio.create_task_group() as group:
-            for index, item in enumerate(items):
-                await window.acquire()
-                group.start_soon(run_item, index, item, group, send.clone())
+        workers = min(self._options.concurrency, max(1, operator.length_hint(items, self._options.concurrency)))
+        async with anyio.create_task_group() as group:
+            for _ in range(workers):
+                group.start_soon(worker, group)
 
     async def _amap(
         self, items: Iterable[Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_exceptions: bool, where: str
     ) -> list[Any]:
         results: dict[int, Any] = {}
         failure: ItemOutcome | None = None
-        send, receive = anyio.create_memory_object_stream[ItemOutcome](math.inf)
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._drive, items, args, kwargs, send)
-            with receive:
-                async for outcome in receive:
-                    if outcome.error is not None:
-                        self._annotate(outcome, where)
-                        if not return_exceptions:
-                            failure = outcome
-                            group.cancel_scope.cancel()
-                            break
-                    results[outcome.index] = outcome.value if outcome.error is None else outcome.error
+
+        def deliver(outcome: ItemOutcome) -> bool:
+            nonlocal failure
+            if failure is not None:
+                return True  # already stopping: what still arrives is not wanted
+            if outcome.error is not None:
+                self._annotate(outcome, where)
+                if not return_exceptions:
+                    failure = outcome
+                    return True
+            results[outcome.index] = outcome.value if outcome.error is None else outcome.error
+            return False
+
+        await self._drive(items, args, kwargs, deliver)
         # Raised here, outside the task group, so that it keeps its own type rather than
         # arriving inside an ExceptionGroup.
         if failure is not None:
             assert failure.error is not None
             raise failure.error
         return [results[index] for index in range(len(results))]
-
-    async def _astream(
-        self, items: Iterable[Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_exceptions: bool
-    ) -> AsyncIterator[tuple[int, Any]]:
-        failure: ItemOutcome | None = None
-        send, receive = anyio.create_memory_object_stream[ItemOutcome](math.inf)
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._drive, items, args, kwargs, send)
-            with receive:
-                async for outcome in receive:
-                    if outcome.error is not None:
-                        self._annotate(outcome, "stream")
-                        if not return_exceptions:
-                            failure = outcome
-                            group.cancel_scope.cancel()
-                            break
-                        yield outcome.index, outcome.error
-                    else:
-                        yield outcome.index, outcome.value
-        if failure is not None:
-            assert failure.error is not None
-            raise failure.error
 
 
 class AsyncIOBoundFunction(_IOBoundBase[P, R]):
@@ -346,7 +356,8 @@ class AsyncIOBoundFunction(_IOBoundBase[P, R]):
         :raises Exception: the call's own exception once retries are spent, as its own type;
             :class:`TimeoutError` if the last attempt took longer than ``timeout``.
         """
-        outcome = await self._retrying(0, lambda: self._attempt_async(args, kwargs, None))
+        state = self._state()
+        outcome = await self._retrying(0, lambda: self._attempt_async(args, kwargs, state, None))
         if outcome.error is not None:
             if outcome.attempts > 1:
                 outcome.error.add_note(
@@ -355,8 +366,10 @@ class AsyncIOBoundFunction(_IOBoundBase[P, R]):
             raise outcome.error
         return outcome.value  # type: ignore[no-any-return]
 
-    async def _attempt_async(self, args: tuple[Any, ...], kwargs: dict[str, Any], group: TaskGroup | None) -> Any:
-        async with self._state().limiter:
+    async def _attempt_async(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], state: _LoopState, group: TaskGroup | None
+    ) -> Any:
+        async with state.limiter:
             await self._wait_rate_async()
             if self._options.timeout is None:
                 return await self.__wrapped__(*args, **kwargs)
@@ -392,8 +405,40 @@ class AsyncIOBoundFunction(_IOBoundBase[P, R]):
         :param return_exceptions: yield ``(index, exception)`` for failed items instead of raising.
         :raises Exception: without ``return_exceptions``, the first item that fails for good.
         """
-        async for pair in self._astream(items, args, kwargs, return_exceptions):
-            yield pair
+        failure: ItemOutcome | None = None
+        send, receive = anyio.create_memory_object_stream[ItemOutcome](math.inf)
+
+        def deliver(outcome: ItemOutcome) -> bool:
+            # The receiver is gone only when the caller stopped early; the outcome is not wanted.
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                send.send_nowait(outcome)
+            return False
+
+        async def drive() -> None:
+            with send:
+                await self._drive(items, args, kwargs, deliver)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(drive)
+            with receive:
+                try:
+                    async for outcome in receive:
+                        if outcome.error is not None:
+                            self._annotate(outcome, "stream")
+                            if not return_exceptions:
+                                failure = outcome
+                                group.cancel_scope.cancel()
+                                break
+                            yield outcome.index, outcome.error
+                        else:
+                            yield outcome.index, outcome.value
+                except GeneratorExit:
+                    # The caller closed the stream early: cancel the calls still running and
+                    # end quietly (the task group would wrap GeneratorExit in a group).
+                    group.cancel_scope.cancel()
+        if failure is not None:
+            assert failure.error is not None
+            raise failure.error
 
 
 class IOBoundFunction(_IOBoundBase[P, R]):
@@ -595,23 +640,38 @@ class IOBoundFunction(_IOBoundBase[P, R]):
         """
         return await self._amap(items, args, kwargs, return_exceptions, "amap")
 
-    async def _attempt_async(self, args: tuple[Any, ...], kwargs: dict[str, Any], group: TaskGroup | None) -> Any:
-        assert group is not None
-        state = self._state()
-        token = object()
-        await state.limiter.acquire_on_behalf_of(token)
-        finished = anyio.Event()
-        box: list[tuple[Any, Exception | None]] = []
-
+    async def _attempt_async(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], state: _LoopState, group: TaskGroup | None
+    ) -> Any:
         def call() -> tuple[Any, Exception | None]:
             try:
                 return self.__wrapped__(*args, **kwargs), None
             except Exception as error:
                 return None, error
 
+        if self._options.timeout is None:
+            async with state.limiter:
+                await self._wait_rate_async()
+                # Not abandoned on cancel: cancelling waits for the thread to return, so that
+                # no thread outlives the call.
+                value, error = await anyio.to_thread.run_sync(call, limiter=state.thread_limiter)
+        else:
+            assert group is not None
+            value, error = await self._attempt_in_thread_with_timeout(call, state, group)
+        if error is not None:
+            raise error
+        return value
+
+    async def _attempt_in_thread_with_timeout(
+        self, call: Callable[[], tuple[Any, Exception | None]], state: _LoopState, group: TaskGroup
+    ) -> tuple[Any, Exception | None]:
+        token = object()
+        await state.limiter.acquire_on_behalf_of(token)
+        finished = anyio.Event()
+        box: list[tuple[Any, Exception | None]] = []
+
         async def run_in_thread() -> None:
             try:
-                await self._wait_rate_async()
                 # Not abandoned on cancel: the thread keeps its slot until it returns, and the
                 # task group waits for it, so no thread outlives the call.
                 box.append(await anyio.to_thread.run_sync(call, limiter=state.thread_limiter))
@@ -619,21 +679,19 @@ class IOBoundFunction(_IOBoundBase[P, R]):
                 state.limiter.release_on_behalf_of(token)
                 finished.set()
 
-        # The thread runs in a task of its own, so that a timeout can give the attempt up
-        # without waiting for the thread to return.
         try:
+            await self._wait_rate_async()
+            # The thread runs in a task of its own, so that the timeout can give the attempt
+            # up without waiting for the thread to return.
             group.start_soon(run_in_thread)
         except BaseException:
             state.limiter.release_on_behalf_of(token)
             raise
-        with anyio.move_on_after(self._options.timeout if self._options.timeout is not None else math.inf):
+        with anyio.move_on_after(self._options.timeout or math.inf):
             await finished.wait()
         if not box:
             raise self._timeout_error()
-        value, error = box[0]
-        if error is not None:
-            raise error
-        return value
+        return box[0]
 
 
 class _IOBoundDecorator(Protocol):

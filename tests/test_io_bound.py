@@ -406,6 +406,7 @@ async def test_cancelling_amap_waits_for_its_threads_and_leaves_no_call_running(
             scope.cancel()
     assert scope.cancelled_caught
     assert running == 0
+    assert blocking._state().limiter.borrowed_tokens == 0
 
 
 @pytest.mark.anyio
@@ -432,6 +433,7 @@ async def test_cancelling_an_async_map_cancels_every_call() -> None:
                 scope.cancel()
     assert not timeout_scope.cancelled_caught
     assert active == 0
+    assert forever._state().limiter.borrowed_tokens == 0
 
 
 @pytest.mark.anyio
@@ -447,3 +449,76 @@ async def test_async_stream_with_return_exceptions_yields_every_index() -> None:
 
     assert sorted(i for i, _ in pairs) == list(range(6))
     assert all(isinstance(r, OSError) == bool(i % 2) for i, r in pairs)
+
+
+@pytest.mark.anyio
+async def test_amap_gives_up_a_late_thread_but_keeps_its_slot_until_it_returns() -> None:
+    release = threading.Event()
+    first_done = threading.Event()
+    first_done_when_second_started: list[bool] = []
+
+    @io_bound(concurrency=1, timeout=0.05)
+    def slow_then_fast(i: int) -> int:
+        if i == 0:
+            release.wait(WAIT)
+            first_done.set()
+        else:
+            first_done_when_second_started.append(first_done.is_set())
+        return i
+
+    results: list[object] = []
+
+    async def run() -> None:
+        results.extend(await slow_then_fast.amap(range(2), return_exceptions=True))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run)
+        # With one slot, item 1 waits for the limiter only once item 0 has been given up;
+        # then item 0's thread may return.
+        limiter = slow_then_fast._state().limiter
+        with anyio.fail_after(WAIT):
+            while limiter.statistics().tasks_waiting == 0:
+                await anyio.sleep(0.01)
+        release.set()
+
+    assert isinstance(results[0], TimeoutError)
+    assert results[1] == 1
+    assert first_done_when_second_started == [True]
+
+
+@pytest.mark.anyio
+async def test_async_map_with_a_rate_spaces_the_starts() -> None:
+    @io_bound(concurrency=10, rate=50)
+    async def noop(i: int) -> int:
+        return i
+
+    begin = time.monotonic()
+    assert await noop.map(range(6)) == list(range(6))
+    # 6 starts spaced 1/50 s apart span at least 5/50 s (a lower bound, not a speed claim).
+    assert time.monotonic() - begin >= 5 / 50
+
+
+@pytest.mark.anyio
+async def test_leaving_an_async_stream_early_cancels_the_rest() -> None:
+    import contextlib
+
+    active = 0
+
+    @io_bound(concurrency=3)
+    async def first_fast(i: int) -> int:
+        nonlocal active
+        active += 1
+        try:
+            if i:
+                await anyio.sleep_forever()
+            return i
+        finally:
+            active -= 1
+
+    with anyio.fail_after(WAIT):
+        async with contextlib.aclosing(first_fast.stream(range(10))) as pairs:
+            async for pair in pairs:
+                assert pair == (0, 0)
+                break
+    assert active == 0
+    assert first_fast._state().limiter.borrowed_tokens == 0
