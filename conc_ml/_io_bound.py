@@ -197,13 +197,18 @@ class _IOBoundBase(Generic[P, R]):
     def __init__(self, func: Callable[P, Any], options: IOBoundOptions):
         # The base has no __call__ (each subclass defines its own), which typeshed expects here.
         functools.update_wrapper(self, func)  # type: ignore[arg-type]
+        self._func: Callable[..., Any] = func
         self._options = options
         self._name: str = getattr(func, "__qualname__", repr(func))
         self._rate = None if options.rate is None else RateLimiter(options.rate)
         self._loop_state: RunVar[_LoopState] = RunVar(f"conc_ml_io_bound_{id(self)}")
-        # Items read ahead of the calls in flight: enough to keep every slot busy while
-        # some wait out a backoff, without reading a long iterator all at once.
+        # Items a thread pool holds at once (running, ready or backing off): bounded, so that
+        # many retries cannot make it read a long iterator all at once.
         self._window = 2 * options.concurrency
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Locks and per-loop limiters stay behind: another process gets its own.
+        return (type(self), (self._func, self._options))
 
     @property
     def io_options(self) -> IOBoundOptions:
@@ -292,9 +297,21 @@ class _IOBoundBase(Generic[P, R]):
             if deliver(outcome):
                 group.cancel_scope.cancel()
 
+        iteration_error: list[Exception] = []
+
         async def worker(group: TaskGroup) -> None:
-            # One event loop thread: no other worker can be inside next() at the same time.
-            for index, item in source:
+            while True:
+                # One event loop thread: no other worker can be inside next() at the same time.
+                try:
+                    entry = next(source, None)
+                except Exception as error:
+                    # The caller's iterator failed: stop, and raise that error as it is.
+                    iteration_error.append(error)
+                    group.cancel_scope.cancel()
+                    return
+                if entry is None:
+                    return
+                index, item = entry
                 try:
                     value = await self._attempt_async((item, *args), kwargs, state, group)
                 except Exception as error:
@@ -312,6 +329,8 @@ class _IOBoundBase(Generic[P, R]):
         async with anyio.create_task_group() as group:
             for _ in range(workers):
                 group.start_soon(worker, group)
+        if iteration_error:
+            raise iteration_error[0]
 
     async def _amap(
         self, items: Iterable[Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_exceptions: bool, where: str

@@ -522,3 +522,32 @@ async def test_leaving_an_async_stream_early_cancels_the_rest() -> None:
                 break
     assert active == 0
     assert first_fast._state().limiter.borrowed_tokens == 0
+
+
+@pytest.mark.anyio
+async def test_an_error_from_the_items_iterator_is_raised_as_it_is() -> None:
+    @io_bound(concurrency=2)
+    async def echo(i: int) -> int:
+        return i
+
+    def items() -> Iterator[int]:
+        yield 1
+        raise ValueError("bad iterator")
+
+    with pytest.raises(ValueError, match="bad iterator"):
+        await echo.map(items())
+    assert echo._state().limiter.borrowed_tokens == 0
+
+
+def test_a_wrapper_pickles_by_value_with_its_options() -> None:
+    import cloudpickle
+
+    @io_bound(concurrency=3, retries=1, rate=1000)
+    def double(i: int) -> int:
+        return 2 * i
+
+    copy = cloudpickle.loads(cloudpickle.dumps(double))
+
+    assert copy is not double
+    assert copy.io_options == double.io_options
+    assert copy.map([1, 2]) == [2, 4]
