@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import inspect
 import math
 import pickle
 import threading
@@ -73,8 +74,12 @@ def _find_unpicklable(task: ChunkTask) -> str | None:
     import cloudpickle
 
     candidates: list[tuple[str, Any]] = [("the function", task.func)]
-    candidates += [(f"positional argument {i}", a) for i, a in enumerate(task.args)]
-    candidates += [(f"argument {k!r}", v) for k, v in task.kwargs.items()]
+    try:
+        bound = inspect.signature(task.func).bind_partial(*task.args, **task.kwargs)
+        candidates += [(f"argument {name!r}", value) for name, value in bound.arguments.items()]
+    except (TypeError, ValueError):
+        candidates += [(f"positional argument {i}", a) for i, a in enumerate(task.args)]
+        candidates += [(f"argument {k!r}", v) for k, v in task.kwargs.items()]
     for where, value in candidates:
         try:
             cloudpickle.dumps(value)
@@ -112,7 +117,8 @@ def _timeout_error(call: PreparedCall, done: int) -> ChunkTimeoutError:
         else f"running chunks cannot be stopped on backend {call.backend_name!r} and finish in the background"
     )
     return ChunkTimeoutError(
-        f"{call.function_name}() timed out after {call.options.timeout:g} s with {done} of {total} chunks done; {stopped}"
+        f"{call.function_name}() timed out after {call.options.timeout:g} s "
+        f"with {done} of {total} chunks done; {stopped}"
     )
 
 
@@ -147,7 +153,9 @@ def iter_outcomes(call: PreparedCall) -> Iterator[tuple[Chunk, ChunkOutcome]]:
             if not pending or call.cancelled.is_set():
                 break
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, _ = concurrent.futures.wait(pending, timeout=remaining, return_when=concurrent.futures.FIRST_COMPLETED)
+            done, _ = concurrent.futures.wait(
+                pending, timeout=remaining, return_when=concurrent.futures.FIRST_COMPLETED
+            )
             if not done:
                 stop_running = backend.can_stop_running
                 raise _timeout_error(call, completed)

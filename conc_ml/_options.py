@@ -127,16 +127,14 @@ def validate_layer(layer: Mapping[str, Any], *, where: str, extra: tuple[str, ..
         seed = out["seed"]
         if seed is not None and not isinstance(seed, np.random.SeedSequence):
             if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-                raise TypeError(
-                    f"seed must be a non-negative int, a numpy.random.SeedSequence or None, got {seed!r}"
-                )
+                raise TypeError(f"seed must be a non-negative int, a numpy.random.SeedSequence or None, got {seed!r}")
             out["seed"] = int(seed)
     if "timeout" in out:
         timeout = out["timeout"]
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
                 raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-            if not timeout > 0:
+            if not float(timeout) > 0:
                 raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
             out["timeout"] = float(timeout)
     if "progress" in out and not isinstance(out["progress"], bool):
@@ -184,12 +182,12 @@ def environment_layer() -> dict[str, Any]:
     return validate_layer(layer, where=f"environment ({_ENV_BACKEND}/{_ENV_WORKERS})")
 
 
-_config_layer: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("conc_ml_config", default={})
+_config_layer: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("conc_ml_config", default=None)
 
 
 def current_config() -> Mapping[str, Any]:
     """The options set by the innermost ``config()`` block in this context."""
-    return _config_layer.get()
+    return _config_layer.get() or {}
 
 
 @contextlib.contextmanager
@@ -205,7 +203,7 @@ def config(**options: Any) -> Iterator[None]:
     :raises ValueError: on a value out of range.
     """
     layer = validate_layer(options, where="config()", extra=BACKEND_SETTINGS)
-    merged = dict(_config_layer.get())
+    merged = dict(current_config())
     for exclusive, other in (("chunks", "chunk_size"), ("chunk_size", "chunks")):
         if layer.get(exclusive) is not None:
             merged.pop(other, None)

@@ -177,7 +177,9 @@ class ParallelFunction(Generic[P, R]):
         for chunk, outcome in iter_outcomes(call):
             yield chunk.index, outcome.value
 
-    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, intercept: bool = True, backend: str | None = None) -> Any:
+    def _run(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, intercept: bool = True, backend: str | None = None
+    ) -> Any:
         options = self.resolved_options()
         if intercept and not inside_worker():
             interceptor = _intercept.current_interceptor()
@@ -222,7 +224,7 @@ class ParallelFunction(Generic[P, R]):
         def make_task(chunk: Chunk) -> ChunkTask:
             chunk_arguments = {**arguments, **dict(zip(names, chunk.values, strict=True))}
             if rng_param is None:
-                chunk_bound = inspect.BoundArguments(signature, chunk_arguments)  # type: ignore[arg-type]
+                chunk_bound = inspect.BoundArguments(signature, chunk_arguments)
                 task_args, task_kwargs = chunk_bound.args, chunk_bound.kwargs
             else:
                 task_args, task_kwargs = _split_for_keyword_call(signature, chunk_arguments)
@@ -259,11 +261,11 @@ class AsyncParallelFunction(ParallelFunction[P, R]):
 
     is_async = True
 
-    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:  # type: ignore[override]
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Await the function on chunks of the split argument(s) and combine the results."""
         return await self._run(args, kwargs)
 
-    async def sequential(self, *args: P.args, **kwargs: P.kwargs) -> Any:  # type: ignore[override]
+    async def sequential(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """The same call, one chunk after another in the current event loop."""
         return await self._run(args, kwargs, intercept=False, backend="sequential")
 
@@ -283,7 +285,7 @@ class AsyncParallelFunction(ParallelFunction[P, R]):
         for chunk, outcome in results:
             yield chunk.index, outcome.value
 
-    def _run(  # type: ignore[override]
+    def _run(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], *, intercept: bool = True, backend: str | None = None
     ) -> Awaitable[Any]:
         options = self.resolved_options()

@@ -95,13 +95,19 @@ def _length_array(arr: np.ndarray) -> int:
 
 
 register_splitter(np.ndarray, length=_length_array, take=_take_array, concat=_concat_arrays)
-register_splitter(list, length=len, take=lambda s, a, b: s[a:b], concat=lambda ps: list(itertools.chain.from_iterable(ps)))
+register_splitter(
+    list, length=len, take=lambda s, a, b: s[a:b], concat=lambda ps: list(itertools.chain.from_iterable(ps))
+)
 register_splitter(
     tuple, length=len, take=lambda s, a, b: s[a:b], concat=lambda ps: tuple(itertools.chain.from_iterable(ps))
 )
 register_splitter(range, length=len, take=lambda s, a, b: s[a:b])
 
 _lazy_registered: set[str] = set()
+
+
+def _len(obj: Any) -> int:
+    return len(obj)
 
 
 def _register_pandas() -> None:
@@ -115,9 +121,9 @@ def _register_pandas() -> None:
 
     for cls in (pd.DataFrame, pd.Series, pd.Index):
         if cls is pd.Index:
-            register_splitter(cls, length=len, take=lambda o, a, b: o[a:b], concat=lambda ps: ps[0].append(ps[1:]))
+            register_splitter(cls, length=_len, take=lambda o, a, b: o[a:b], concat=lambda ps: ps[0].append(ps[1:]))
         else:
-            register_splitter(cls, length=len, take=take, concat=concat)
+            register_splitter(cls, length=_len, take=take, concat=concat)
 
 
 def _register_scipy_sparse() -> None:
@@ -203,7 +209,8 @@ def _describe(obj: object) -> str:
 
 def _is_lazy_iterable(obj: object) -> bool:
     return isinstance(obj, Iterator) or (
-        isinstance(obj, Iterable) and not isinstance(obj, Sequence | str | bytes | dict | set | frozenset)
+        isinstance(obj, Iterable)
+        and not isinstance(obj, Sequence | str | bytes | dict | set | frozenset)
         and not hasattr(obj, "__len__")
     )
 
@@ -250,19 +257,24 @@ def plan_chunks(
         prepared = [list(v) if s is None else v for v, s in zip(prepared, splitters, strict=True)]  # type: ignore[call-overload]
         splitters = [s if s is not None else splitter_for(v) for v, s in zip(prepared, splitters, strict=True)]
 
-    lengths = [s.length(v) for s, v in zip(splitters, prepared, strict=True) if s is not None]
+    lengths = []
+    for name, splitter, value in zip(names, splitters, prepared, strict=True):
+        assert splitter is not None
+        try:
+            lengths.append(splitter.length(value))
+        except SplitError as error:
+            raise SplitError(f"cannot split argument {name!r}: {error}") from None
     if len(set(lengths)) > 1:
         detail = ", ".join(f"{n}={n_}" for n, n_ in zip(names, lengths, strict=True))
         raise SplitError(f"split arguments must have the same length, got {detail}")
     n_items = lengths[0]
-    if chunks is not None:
-        n_chunks = chunks
-    elif chunk_size is not None:
-        n_chunks = -(-n_items // chunk_size)
+    if chunk_size is not None and n_items > 0:
+        # chunk_size is a promise about every chunk but the last.
+        bounds = [(start, min(start + chunk_size, n_items)) for start in range(0, n_items, chunk_size)]
     else:
-        n_chunks = workers
-    n_chunks = max(1, min(n_chunks, n_items))
-    bounds = chunk_bounds(n_items, n_chunks)
+        wanted = chunks if chunks is not None else workers
+        bounds = chunk_bounds(n_items, max(1, min(wanted, n_items)))
+    n_chunks = len(bounds)
 
     def generate() -> Iterator[Chunk]:
         for index, (start, stop) in enumerate(bounds):

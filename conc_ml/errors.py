@@ -79,7 +79,7 @@ class RemoteTraceback(Exception):
         self.traceback_text = traceback_text
 
     def __str__(self) -> str:
-        return "\n\"\"\"\n" + self.traceback_text.rstrip("\n") + "\n\"\"\""
+        return '\n"""\n' + self.traceback_text.rstrip("\n") + '\n"""'
 
 
 class UnpicklableRemoteError(ConcMLError, RuntimeError):
@@ -101,5 +101,7 @@ class UnpicklableRemoteError(ConcMLError, RuntimeError):
         )
 
 
-def _rebuild_with_kwargs(cls: type[BaseException], args: tuple[object, ...], kwargs: dict[str, object]) -> BaseException:
+def _rebuild_with_kwargs(
+    cls: type[BaseException], args: tuple[object, ...], kwargs: dict[str, object]
+) -> BaseException:
     return cls(*args, **kwargs)

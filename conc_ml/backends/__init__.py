@@ -99,7 +99,8 @@ def check_backend_name(name: str) -> None:
     missing = [module for module in entry.requires if importlib.util.find_spec(module) is None]
     if missing:
         raise BackendUnavailableError(
-            f"backend {name!r} needs {', '.join(missing)}, which is not installed; install it with: {entry.install_hint}"
+            f"backend {name!r} needs {', '.join(missing)}, which is not installed; "
+            f"install it with: {entry.install_hint}"
         )
 
 

@@ -42,7 +42,9 @@ class PortalExecutor(Executor):
         if inspect.iscoroutinefunction(task.func):
             async with self._limiter:
                 return await run_chunk_async(task)
-        return await anyio.to_thread.run_sync(fn, task, limiter=self._limiter)
+        # A thread cannot be cancelled: on timeout or failure the call stops waiting for
+        # it, and the thread ends with its chunk (as on the thread backend).
+        return await anyio.to_thread.run_sync(fn, task, limiter=self._limiter, abandon_on_cancel=True)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if cancel_futures:
@@ -55,7 +57,8 @@ class AsyncBackend:
 
     name: ClassVar[str] = "async"
     crosses_processes: ClassVar[bool] = False
-    can_stop_running: ClassVar[bool] = True
+    # Coroutine chunks are cancelled; sync chunks in worker threads run to their end.
+    can_stop_running: ClassVar[bool] = False
     max_in_flight_per_worker: ClassVar[int] = 2
 
     def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:

@@ -57,7 +57,10 @@ class ProcessBackend:
     def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:
         from loky import get_reusable_executor
 
-        return get_reusable_executor(max_workers=workers, timeout=IDLE_TIMEOUT, env=inner_thread_env(workers))
+        executor: Executor = get_reusable_executor(
+            max_workers=workers, timeout=IDLE_TIMEOUT, env=inner_thread_env(workers)
+        )
+        return executor
 
     def release(self, executor: Executor, *, abort: bool, stop_running: bool) -> None:
         if stop_running:
