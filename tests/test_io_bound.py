@@ -551,3 +551,18 @@ def test_a_wrapper_pickles_by_value_with_its_options() -> None:
     assert copy is not double
     assert copy.io_options == double.io_options
     assert copy.map([1, 2]) == [2, 4]
+
+
+def test_no_items_give_an_empty_list_on_every_path() -> None:
+    @io_bound
+    def sync(i: int) -> int:
+        return i
+
+    @io_bound
+    async def coro(i: int) -> int:
+        return i
+
+    assert sync.map([]) == []
+    assert list(sync.stream(iter([]))) == []
+    assert anyio.run(sync.amap, []) == []
+    assert anyio.run(coro.map, []) == []
