@@ -421,7 +421,7 @@ class AsyncIOBoundFunction(_IOBoundBase[P, R]):
 
         Each item is passed as the first argument; ``args`` and ``kwargs`` go to every call.
 
-        :param items: the first argument of each call (read lazily, a window ahead).
+        :param items: the first argument of each call (read lazily, as slots free up).
         :param return_exceptions: put each failed item's exception in its place in the
             result instead of raising.
         :raises Exception: without ``return_exceptions``, the first item that fails for
@@ -625,7 +625,7 @@ class IOBoundFunction(_IOBoundBase[P, R]):
 
         Each item is passed as the first argument; ``args`` and ``kwargs`` go to every call.
 
-        :param items: the first argument of each call (read lazily, a window ahead).
+        :param items: the first argument of each call (read lazily, as slots free up).
         :param return_exceptions: put each failed item's exception in its place in the
             result instead of raising.
         :raises Exception: without ``return_exceptions``, the first item that fails for
