@@ -25,8 +25,11 @@ import numpy as np
 
 from conc_ml import io_bound, parallel
 
-#: number of hashed-token buckets in a page's feature vector
-N_FEATURES = 64
+#: number of hashed buckets in a page's feature vector
+N_FEATURES = 256
+
+#: lengths of the character n-grams counted, besides whole words
+NGRAM_LENGTHS = (3, 4, 5)
 
 _WORDS = ("model", "data", "train", "loss", "batch", "epoch", "gradient", "feature", "label", "score")
 
@@ -90,12 +93,22 @@ def fetch(url: str) -> str:
         return str(response.read().decode())
 
 
+def page_tokens(text: str) -> list[str]:
+    """Words, and the character n-grams of :data:`NGRAM_LENGTHS` inside each word."""
+    tokens = []
+    for word in text.split():
+        tokens.append(word)
+        for n in NGRAM_LENGTHS:
+            tokens.extend(word[i : i + n] for i in range(len(word) - n + 1))
+    return tokens
+
+
 @parallel(combine="concat", workers=2)
 def featurize(pages: list[str]) -> np.ndarray:
-    """Hashed bag-of-words counts, one row of :data:`N_FEATURES` per page."""
+    """Hashed word and character n-gram counts, one row of :data:`N_FEATURES` per page."""
     features = np.zeros((len(pages), N_FEATURES), dtype=np.int64)
     for row, text in enumerate(pages):
-        for token in text.split():
+        for token in page_tokens(text):
             # crc32, not hash(): the same token lands in the same bucket in every process.
             features[row, zlib.crc32(token.encode()) % N_FEATURES] += 1
     return features
