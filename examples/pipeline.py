@@ -1,15 +1,18 @@
 """Fetch, preprocess and train at the same time, in bounded memory.
 
-Three stages, each a ``@parallel`` function on the backend that suits its work:
+Three stages, each with the tool that suits its work:
 
-1. ``fetch_batches`` downloads batches of signals from an HTTP server (I/O: threads);
-2. ``preprocess_batches`` turns signals into spectral features (numpy: threads);
-3. ``train_batches`` fits one classifier per batch (pure-Python-heavy scikit-learn: processes).
+1. ``fetch_batch`` downloads one batch of signals from an HTTP server: ``@io_bound``,
+   many requests waiting at once, with a timeout and retries;
+2. ``preprocess_batches`` turns signals into spectral features: ``@parallel`` on threads
+   (numpy releases the GIL);
+3. ``train_batches`` fits one classifier per batch: ``@parallel`` on processes
+   (scikit-learn's Python code holds it).
 
 Connected by ``.stream``, the stages overlap: while one batch trains, the next ones are
-being preprocessed and fetched. Each stage is cut with ``chunk_size=1`` so that it reads
-the stage before it lazily, and conc-ml keeps only a few chunks in flight per worker, so
-the batches held in memory stay few however many there are. Run one stage after
+being preprocessed and fetched. The ``@parallel`` stages are cut with ``chunk_size=1`` so
+that each reads the stage before it lazily; every stage keeps only a few items in flight
+per worker, so the batches held in memory stay few however many there are. Run one stage after
 another instead and every batch is in memory at once, and the waiting for the network
 is not hidden behind the computing.
 
@@ -23,6 +26,7 @@ Run it::
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import http.client
@@ -40,7 +44,7 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from conc_ml import parallel
+from conc_ml import io_bound, parallel
 
 #: signals per batch, and samples per signal
 BATCH_ROWS = 256
@@ -161,31 +165,33 @@ def serve_batches(n_batches: int, latency: float = 0.1, *, rows: int = BATCH_ROW
 # -- the stages -------------------------------------------------------------------
 
 
-@parallel(backend="thread", workers=8, chunk_size=1, combine="concat")
-def fetch_batches(batch_ids: Sequence[int], *, address: tuple[str, int], timeout: float = 10.0) -> list[Batch]:
-    """Download the batches ``batch_ids`` from the server at ``address``.
+@io_bound(concurrency=8, timeout=10, retries=2)
+def fetch_batch(batch_id: int, *, address: tuple[str, int]) -> Batch:
+    """Download batch ``batch_id`` from the server at ``address``.
 
-    :param batch_ids: which batches.
+    A connection that fails or an answer that does not come (``OSError``,
+    ``TimeoutError``) is tried again; a batch the server does not have is not.
+
+    :param batch_id: which batch.
     :param address: the server's ``(host, port)``.
-    :param timeout: seconds to wait for each answer.
-    :raises OSError: if the server cannot be reached or answers with an error.
+    :raises LookupError: if the server has no such batch (404).
+    :raises OSError: if the server cannot be reached or answers with another error.
     """
-    batches = []
-    for batch_id in batch_ids:
-        connection = http.client.HTTPConnection(*address, timeout=timeout)
-        try:
-            connection.request("GET", f"/batch/{batch_id}")
-            response = connection.getresponse()
-            body = response.read()
-        finally:
-            connection.close()
-        if response.status != 200:
-            raise OSError(f"GET /batch/{batch_id} answered {response.status} {response.reason}")
-        with np.load(io.BytesIO(body)) as arrays:
-            batch = Batch(batch_id, arrays["signals"], arrays["labels"])
-        LIVE_BATCHES.track(batch.signals)
-        batches.append(batch)
-    return batches
+    connection = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        connection.request("GET", f"/batch/{batch_id}")
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status == 404:
+        raise LookupError(f"GET /batch/{batch_id} answered 404: the server has no such batch")
+    if response.status != 200:
+        raise OSError(f"GET /batch/{batch_id} answered {response.status} {response.reason}")
+    with np.load(io.BytesIO(body)) as arrays:
+        batch = Batch(batch_id, arrays["signals"], arrays["labels"])
+    LIVE_BATCHES.track(batch.signals)
+    return batch
 
 
 @parallel(backend="thread", chunk_size=1, combine="concat")
@@ -231,7 +237,7 @@ def run_pipelined(
     batch_ids: Sequence[int], address: tuple[str, int], center: float, scale: float, *, epochs: int = 600
 ) -> list[tuple[int, Pipeline]]:
     """The three stages overlapping, connected by ``.stream``; models sorted by batch id."""
-    fetched = (b for _, part in fetch_batches.stream(batch_ids, address=address) for b in part)
+    fetched = (batch for _, batch in fetch_batch.stream(batch_ids, address=address))
     featured = (f for _, part in preprocess_batches.stream(fetched, center=center, scale=scale) for f in part)
     models = [m for _, part in train_batches.stream(featured, epochs=epochs) for m in part]
     return sorted(models, key=lambda pair: pair[0])
@@ -241,7 +247,7 @@ def run_staged(
     batch_ids: Sequence[int], address: tuple[str, int], center: float, scale: float, *, epochs: int = 600
 ) -> list[tuple[int, Pipeline]]:
     """The three stages one after another, each in parallel; models sorted by batch id."""
-    batches = fetch_batches(batch_ids, address=address)
+    batches = fetch_batch.map(batch_ids, address=address)
     features = preprocess_batches(batches, center=center, scale=scale)
     del batches  # the staged run, too, holds no more than it must
     return sorted(train_batches(features, epochs=epochs), key=lambda pair: pair[0])
@@ -255,7 +261,7 @@ def ensemble_accuracy(models: Sequence[tuple[int, Pipeline]], test: Features) ->
 
 def calibrate(address: tuple[str, int], batch_id: int) -> tuple[float, float, Features]:
     """Fetch one held-out batch: the scaling comes from it, and it is the test set too."""
-    (batch,) = fetch_batches.__wrapped__([batch_id], address=address)
+    batch = fetch_batch(batch_id, address=address)
     center, scale = fit_scaling(batch.signals)
     return (
         center,
@@ -294,4 +300,8 @@ def main(n_batches: int = 48, latency: float = 0.1) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description="Fetch, preprocess and train, overlapping, in bounded memory.")
+    parser.add_argument("--batches", type=int, default=48, help="batches to fetch and train on (48)")
+    parser.add_argument("--latency", type=float, default=0.1, help="the server's delay per answer, in seconds (0.1)")
+    arguments = parser.parse_args()
+    main(arguments.batches, arguments.latency)

@@ -15,6 +15,7 @@ Run it::
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 
@@ -121,4 +122,8 @@ def main(n_signals: int = 16_000, length: int = 4 * SAMPLE_RATE) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description="Extract features from an array of signals on threads.")
+    parser.add_argument("--signals", type=int, default=16_000, help="rows of the array (16000)")
+    parser.add_argument("--length", type=int, default=4 * SAMPLE_RATE, help="samples per signal (1024)")
+    arguments = parser.parse_args()
+    main(arguments.signals, arguments.length)

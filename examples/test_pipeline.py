@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +13,7 @@ from pipeline import (
     LIVE_BATCHES,
     calibrate,
     ensemble_accuracy,
-    fetch_batches,
-    main,
+    fetch_batch,
     run_pipelined,
     run_staged,
     serve_batches,
@@ -56,18 +58,29 @@ def test_pipelined_equals_staged_and_holds_few_batches(address: tuple[str, int])
 
 
 def test_a_missing_batch_fails_with_the_server_answer(address: tuple[str, int]) -> None:
-    with pytest.raises(OSError, match="404"):
-        fetch_batches([0, N_BATCHES + 5], address=address)
+    with pytest.raises(LookupError, match="404") as caught:
+        fetch_batch.map([0, N_BATCHES + 5], address=address)
+    # Not retried: a batch the server does not have will not appear on a second try.
+    assert "raised by item 1 of fetch_batch.map() after 1 attempt" in caught.value.__notes__[-1]
 
 
 def test_the_server_is_gone_after_the_block() -> None:
     with serve_batches(1, latency=0.0, rows=2) as address:
-        (batch,) = fetch_batches.__wrapped__([0], address=address)
+        batch = fetch_batch.__wrapped__(0, address=address)
     assert batch.signals.shape[0] == 2
     with pytest.raises(ConnectionRefusedError):
-        fetch_batches.__wrapped__([0], address=address, timeout=2.0)
+        fetch_batch.__wrapped__(0, address=address)
 
 
-def test_the_script_reports_agreement(capsys: pytest.CaptureFixture[str]) -> None:
-    main(n_batches=6, latency=0.001)
-    assert "pipelined == staged: True" in capsys.readouterr().out
+def test_the_script_runs_standalone_and_reports_agreement() -> None:
+    # A subprocess, as a user runs it: __main__ functions then travel to workers by value.
+    script = Path(__file__).with_name("pipeline.py")
+    run = subprocess.run(
+        [sys.executable, str(script), "--batches", "6", "--latency", "0.001"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "pipelined == staged: True" in run.stdout

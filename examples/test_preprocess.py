@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
-from preprocess import BANDS, SAMPLE_RATE, extract_features, fit_scaling, main, make_signals
+from preprocess import BANDS, SAMPLE_RATE, extract_features, fit_scaling, make_signals
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +60,15 @@ def test_bad_input_is_refused_with_the_allowed_shape() -> None:
         extract_features.sequential(np.zeros((4, 8)), center=0.0, scale=0.0)
 
 
-def test_the_script_reports_agreement(capsys: pytest.CaptureFixture[str]) -> None:
-    main(n_signals=600, length=256)
-    assert "chunked == whole array: True" in capsys.readouterr().out
+def test_the_script_runs_standalone_and_reports_agreement() -> None:
+    # A subprocess, as a user runs it: __main__ functions then travel to workers by value.
+    script = Path(__file__).with_name("preprocess.py")
+    run = subprocess.run(
+        [sys.executable, str(script), "--signals", "600", "--length", "256"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "chunked == whole array: True" in run.stdout

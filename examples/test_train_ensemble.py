@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from train_ensemble import MEMBERS, accuracy, ensemble_predict, main, make_data, same_members, train_members
+from train_ensemble import MEMBERS, accuracy, ensemble_predict, make_data, same_members, train_members
 
 #: small enough for a test, large enough for every chunk to hold both classes
 N_ROWS = 4_000
@@ -45,10 +45,3 @@ def test_the_seed_decides_the_members(data: tuple[np.ndarray, ...]) -> None:
 def test_an_empty_ensemble_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one fitted member"):
         ensemble_predict([], np.zeros((1, 20)))
-
-
-def test_the_script_reports_agreement(capsys: pytest.CaptureFixture[str]) -> None:
-    main(n_rows=2_000)
-    report = capsys.readouterr().out
-    assert "parallel == sequential: True" in report
-    assert "ensemble test accuracy" in report

@@ -15,6 +15,7 @@ Run it::
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Sequence
 
@@ -118,4 +119,6 @@ def main(n_rows: int = 80_000) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description="Train an ensemble, one member per chunk, on processes.")
+    parser.add_argument("--rows", type=int, default=80_000, help="rows of the dataset, train and test (80000)")
+    main(parser.parse_args().rows)
