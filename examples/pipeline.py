@@ -275,7 +275,7 @@ def main(n_batches: int = 48, latency: float = 0.1) -> None:
     batch_ids = list(range(n_batches))
     with serve_batches(n_batches + 1, latency) as address:
         center, scale, test = calibrate(address, batch_id=n_batches)
-        train_batches([test] * 4)  # start the worker processes outside the timing
+        run_staged(batch_ids[:4], address, center, scale)  # start pools and workers outside the timing
 
         LIVE_BATCHES.reset_peak()
         start = time.perf_counter()
