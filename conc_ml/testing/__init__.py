@@ -6,5 +6,6 @@ configurations for property tests.
 """
 
 from ._equivalence import assert_equivalent as assert_equivalent
+from ._parallel_equivalence import assert_parallel_equivalent as assert_parallel_equivalent
 
-__all__ = ["assert_equivalent"]
+__all__ = ["assert_equivalent", "assert_parallel_equivalent"]
