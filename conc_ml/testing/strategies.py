@@ -19,10 +19,11 @@ Hypothesis with worker processes, in practice:
   importing your code in each worker, hundreds of milliseconds that hypothesis would
   otherwise report as a flaky deadline.
 - **A warm pool for the session**: the ``process`` backend reuses loky's executor across
-  calls of the same size, so draw ``workers`` from a small range (or fix it), and start
-  the pool once in a session-scoped fixture (one tiny call on the ``process`` backend),
-  so that no example pays for process start-up and every example pays only for its
-  chunks. A new ``workers`` value rebuilds the pool.
+  calls with the same worker count, but a new count rebuilds it (process start and
+  imports again, most of a second). Fix the count for process runs
+  (``parallel_configs(min_workers=2, max_workers=2)``) and start the pool once in a
+  session-scoped fixture (one tiny call on the ``process`` backend with that count), so
+  that no example pays for start-up and each pays only for its chunks.
 - **Few, tiny examples**: ``max_examples`` of 20 to 30 and inputs of a few rows find the
   chunking bugs (empty chunks, one row, uneven splits, views) as well as large inputs do;
   ``splittable(max_rows=...)`` keeps them small and shrinks towards 0 and 1 rows.
@@ -65,15 +66,19 @@ def parallel_configs(
     *,
     backends: Iterable[str] = DEFAULT_BACKENDS,
     max_chunks: int = 8,
+    min_workers: int = 1,
     max_workers: int = 4,
     seeds: bool = False,
 ) -> st.SearchStrategy[dict[str, Any]]:
     """Draw ``{"backend": ..., "chunks": ..., "workers": ...}``, usable as ``func.options(**config)``.
 
-    Shrinks towards the first backend, ``chunks=None`` (one chunk per worker) and one worker.
+    Shrinks towards the first backend, ``chunks=None`` (one chunk per worker) and the fewest
+    workers. Every change of the worker count rebuilds the ``process`` pool; to keep one warm
+    pool through a test, fix the count (``min_workers=max_workers=2``).
 
     :param backends: backend names to draw from, in order of preference for shrinking.
     :param max_chunks: the largest chunk count drawn.
+    :param min_workers: the smallest worker count drawn.
     :param max_workers: the largest worker count drawn (keep it small: each count is a pool).
     :param seeds: also draw ``seed``, a non-negative int.
     :raises TypeError, ValueError: on an argument that is not allowed.
@@ -87,11 +92,12 @@ def parallel_configs(
     for name in names:
         validate_layer({"backend": name}, where="parallel_configs()")
     chunk_limit = _count("max_chunks", max_chunks, minimum=1)
-    worker_limit = _count("max_workers", max_workers, minimum=1)
+    worker_floor = _count("min_workers", min_workers, minimum=1)
+    worker_limit = _count("max_workers", max_workers, minimum=worker_floor)
     fields: dict[str, st.SearchStrategy[Any]] = {
         "backend": st.sampled_from(names),
         "chunks": st.none() | st.integers(1, chunk_limit),
-        "workers": st.integers(1, worker_limit),
+        "workers": st.integers(worker_floor, worker_limit),
     }
     if seeds:
         fields["seed"] = st.integers(0, 2**32 - 1)
@@ -155,7 +161,10 @@ def splittable(
             shape = (rows,) if kind == "series" else (rows, max(1, int(np.prod(row_shape, dtype=np.int64))))
         elif kind == "dataframe":
             shape = (rows, max(1, int(np.prod(row_shape, dtype=np.int64))))
-        layout = draw(st.sampled_from(layouts)) if kind == "array" else "contiguous"
+        # Drawn for every kind, so that the first kind is also the simplest to hypothesis.
+        layout = draw(st.sampled_from(layouts))
+        if kind != "array":
+            layout = "contiguous"
         drawn_shape = (2 * rows, *shape[1:]) if layout == "strided" else shape
         values = draw(hnp.arrays(chosen, drawn_shape, elements=elements))
         if layout == "strided":
