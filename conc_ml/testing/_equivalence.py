@@ -272,7 +272,15 @@ class _Comparer:
             return Difference(
                 path, f"key order differs: actual {_show(list(actual))}, expected {_show(list(expected))}"
             )
+        # 1 and 1.0 (and True) are the same dict key: compare the keys' types too.
+        stored = {key: key for key in actual}
         for key in expected:
+            if type(stored[key]) is not type(key):
+                return Difference(
+                    f"{path}[{key!r}]",
+                    f"key types differ: actual key {stored[key]!r} is {_type_name(stored[key])}, "
+                    f"expected key {key!r} is {_type_name(key)}",
+                )
             found = self.compare(actual[key], expected[key], f"{path}[{key!r}]")
             if found is not None:
                 return found
@@ -281,6 +289,14 @@ class _Comparer:
     def _compare_sets(self, actual: Any, expected: Any, path: str) -> Difference | None:
         # Members are matched by hash and ==: tolerances do not apply inside sets.
         if actual == expected:
+            stored = {member: member for member in actual}
+            for member in expected:
+                if type(stored[member]) is not type(member):
+                    return Difference(
+                        path,
+                        f"member types differ: actual has {stored[member]!r} ({_type_name(stored[member])}), "
+                        f"expected {member!r} ({_type_name(member)})",
+                    )
             return None
         parts = []
         if expected - actual:

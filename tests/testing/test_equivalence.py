@@ -176,6 +176,8 @@ def test_python_and_numpy_scalars() -> None:
     assert_equivalent(10**30 + 1, 10**30, rtol=1e-20)
     assert_equivalent(1 + 2j, 1 + 2j)
     differs(True, False)
+    assert "relative difference 0.2" in differs(np.int64(6), np.int64(5))
+    assert_equivalent(np.int64(6), np.int64(5), atol=1)
 
 
 def test_types_must_match() -> None:
@@ -214,6 +216,8 @@ def test_mappings_compare_keys_then_values() -> None:
     assert "keys differ: missing from actual: ['b']; only in actual: ['c']" in message
     assert differs({1: 1.0}, {1: 2.0}).startswith("result[1]: ")
     assert "key order differs" in differs(OrderedDict(a=1, b=2), OrderedDict(b=2, a=1))
+    message = differs({1.0: "a"}, {1: "a"})
+    assert message == "result[1]: key types differ: actual key 1.0 is float, expected key 1 is int"
 
 
 def test_sets_compare_members() -> None:
@@ -221,6 +225,7 @@ def test_sets_compare_members() -> None:
     assert_equivalent(frozenset({"a"}), frozenset({"a"}))
     message = differs({1, 2, 4}, {1, 2, 3})
     assert message == "result: set members differ (matched with ==): missing from actual: [3]; only in actual: [4]"
+    assert "member types differ: actual has True (bool), expected 1 (int)" in differs({True, 2}, {1, 2})
 
 
 @dataclasses.dataclass
