@@ -99,6 +99,10 @@ def test_entry_point_backends_are_found(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "thirdparty_backend", raising=False)
     registry._entry_points_loaded = False
-    func = parallel(backend="thirdparty", chunks=2)(lambda xs: sum(xs))
+
+    def total(xs: list[int]) -> int:
+        return sum(xs)
+
+    func = parallel(backend="thirdparty", chunks=2)(total)
     assert func([1, 2, 3]) == [3, 3]
     assert type(get_backend("thirdparty")).__name__ == "ThirdParty"
