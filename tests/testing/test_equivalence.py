@@ -161,6 +161,18 @@ def test_non_contiguous_views_compare_by_value() -> None:
     assert_equivalent(base[::-1, ::2], base[::-1, ::2].copy())
 
 
+@pytest.mark.parametrize("tolerance", [{}, {"rtol": 1e-12}])
+@pytest.mark.parametrize("layout", [np.ascontiguousarray, np.asfortranarray, lambda a: a[::-1, ::-1]])
+def test_a_difference_in_any_memory_layout_is_found_where_it_is(tolerance: dict[str, float], layout: Any) -> None:
+    expected = np.arange(12.0).reshape(3, 4)
+    actual = expected.copy()
+    actual[0, 3] = 30.0
+    actual, expected = layout(actual), layout(expected)
+    row, column = np.argwhere(actual != expected)[0]
+    message = differs(actual, expected, **tolerance)
+    assert message.startswith(f"result[{row}, {column}]: actual 30.0, expected 3.0 (1 of 12")
+
+
 # -- scalars -------------------------------------------------------------------------
 
 
@@ -431,3 +443,11 @@ def test_bad_tolerances_are_rejected(tolerance: dict[str, Any], error: type[Exce
 def test_name_sets_the_root_of_the_path() -> None:
     with pytest.raises(ParityError, match=r"^fit\(\)\[0\]: "):
         assert_equivalent([1], [2], name="fit()")
+
+
+@pytest.mark.parametrize("layout", [np.ascontiguousarray, np.asfortranarray, lambda a: a[::-1, ::-1]])
+def test_a_tolerance_holds_in_any_memory_layout(layout: Any) -> None:
+    expected = np.arange(1.0, 13.0).reshape(3, 4)
+    actual = expected.copy()
+    actual[1, 2] = np.nextafter(actual[1, 2], np.inf)
+    assert_equivalent(layout(actual), layout(expected), rtol=1e-12)
