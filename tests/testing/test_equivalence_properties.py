@@ -23,7 +23,13 @@ class Box:
 
 
 shapes = hnp.array_shapes(min_dims=1, max_dims=2, min_side=0, max_side=4)
-float_arrays = hnp.arrays(st.sampled_from([np.float64, np.float32, np.float16]), shapes)
+contiguous_float_arrays = hnp.arrays(st.sampled_from([np.float64, np.float32, np.float16]), shapes)
+#: C order, Fortran order and reversed views: flat positions must map to the right element
+float_arrays = (
+    contiguous_float_arrays
+    | contiguous_float_arrays.map(np.asfortranarray)
+    | contiguous_float_arrays.map(lambda a: a[::-1])
+)
 other_arrays = hnp.arrays(st.sampled_from([np.int64, np.uint8, np.bool_, np.complex128]), shapes)
 leaves = (
     st.floats()
@@ -157,7 +163,10 @@ def test_one_ulp_anywhere_is_found_and_named(value: Any, data: st.DataObject) ->
     assert str(backward.value).startswith(f"{path}: ")
 
 
-@given(hnp.arrays(st.sampled_from([np.float64, np.float32]), shapes, elements={"allow_nan": False}), st.data())
+@given(
+    hnp.arrays(st.sampled_from([np.float64, np.float32]), shapes, elements={"allow_nan": False}).map(np.asfortranarray),
+    st.data(),
+)
 def test_a_tolerance_accepts_one_ulp_where_exact_comparison_does_not(values: np.ndarray, data: st.DataObject) -> None:
     if values.size == 0 or not np.isfinite(values).all():
         return
