@@ -171,7 +171,7 @@ def test_a_tolerance_accepts_one_ulp_where_exact_comparison_does_not(values: np.
     if values.size == 0 or not np.isfinite(values).all():
         return
     target = data.draw(st.integers(0, values.size - 1))
-    changed, _ = perturb(values, target)
+    changed = np.asfortranarray(perturb(values, target)[0])
     if np.isinf(changed).any():
         return
     with pytest.raises(ParityError):
