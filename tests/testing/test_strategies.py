@@ -15,7 +15,9 @@ from conc_ml import BackendUnavailableError, parallel
 from conc_ml.testing.strategies import SPLITTABLE_KINDS, parallel_configs, splittable
 
 #: ``find`` generates max_examples inputs before it shrinks; few suffice for easy conditions
-NO_DATABASE = settings(database=None, max_examples=30, derandomize=True)
+NO_DATABASE = settings(database=None, max_examples=30, derandomize=True, deadline=None)
+#: a busy machine must not turn a slow example into a failure
+NO_DEADLINE = settings(deadline=None)
 
 
 @parallel
@@ -23,6 +25,7 @@ def rows_of(items: list[int]) -> list[int]:
     return items
 
 
+@NO_DEADLINE
 @given(parallel_configs(backends=("sequential", "thread"), max_chunks=5, max_workers=3, seeds=True))
 def test_configs_are_options_within_bounds(config: dict[str, Any]) -> None:
     assert set(config) == {"backend", "chunks", "workers", "seed"}
@@ -58,6 +61,7 @@ def test_configs_refuse_bad_arguments() -> None:
         parallel_configs(max_workers=2.0)  # type: ignore[arg-type]
 
 
+@NO_DEADLINE
 @given(splittable(np.int32, kinds=("array",), min_rows=2, max_rows=5, row_shape=(3,)))
 def test_arrays_have_the_dtype_rows_and_row_shape_asked_for(values: np.ndarray) -> None:
     assert isinstance(values, np.ndarray)
@@ -66,6 +70,7 @@ def test_arrays_have_the_dtype_rows_and_row_shape_asked_for(values: np.ndarray) 
     assert values.shape[1:] == (3,)
 
 
+@NO_DEADLINE
 @given(splittable(st.sampled_from([np.float32, np.uint8, np.bool_]), kinds=SPLITTABLE_KINDS))
 def test_every_kind_is_drawn_as_its_own_type(value: Any) -> None:
     assert isinstance(value, np.ndarray | list | tuple | pd.Series | pd.DataFrame) or sp.issparse(value)
@@ -77,7 +82,7 @@ def test_every_kind_is_drawn_as_its_own_type(value: Any) -> None:
     [("array", np.ndarray), ("list", list), ("tuple", tuple), ("series", pd.Series), ("dataframe", pd.DataFrame)],
 )
 def test_only_the_kinds_asked_for(kind: str, kind_type: type) -> None:
-    @settings(max_examples=10)
+    @settings(max_examples=10, deadline=None)
     @given(splittable(kinds=(kind,)))
     def check(value: Any) -> None:
         assert type(value) is kind_type
