@@ -14,7 +14,7 @@ import numpy as np
 from .._options import Seed
 from .._parallel import ParallelFunction
 from .._seeding import chunk_seed, root_seed_sequence
-from ..errors import ParityError
+from ..errors import ConcMLError, ParityError
 from ._equivalence import _show, check_tolerances, find_difference
 
 __all__ = ["DEFAULT_BACKENDS", "assert_parallel_equivalent"]
@@ -98,7 +98,9 @@ def assert_parallel_equivalent(
     parameter then gets the stream chunk 0 would get, so only a one-chunk run matches it.
 
     Errors are results too: if the reference raises, every run must raise an exception of
-    the same type (and a run that raises where the reference returns is a difference).
+    the same type (and a run that raises where the reference returns is a difference). An
+    error of conc-ml itself in the reference run (a :class:`~conc_ml.SplitError`, say) is
+    raised as it is: runs that all fail before doing anything prove nothing.
     The function must not change its input: it is checked after each run, since in-place
     changes reach the caller with threads but not with processes.
 
@@ -120,6 +122,7 @@ def assert_parallel_equivalent(
     :raises TypeError: if ``func`` is not a ``@parallel`` function, or an argument is an iterator.
     :raises ValueError: if ``seed`` is ``None`` while ``func`` takes ``rng`` (runs could never agree).
     :raises BackendUnavailableError: if a backend is unknown or not installed.
+    :raises ConcMLError: the error of the sequential run, if conc-ml itself refused it.
     """
     if not isinstance(func, ParallelFunction):
         raise TypeError(
@@ -176,6 +179,10 @@ def assert_parallel_equivalent(
         key = (worker_count, chunk_count)
         if key not in references:
             reference = _outcome(functools.partial(_run_sequential, variant, args, kwargs))
+            if isinstance(reference.error, ConcMLError):
+                # conc-ml refused the call itself (an input it cannot split, ...): that every
+                # run fails alike would prove nothing, so it is not an "equivalent" error.
+                raise reference.error
             check_input(f"{name}.sequential() with {setting}")
             references[key] = reference
             if whole_outcome is not None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conc_ml import BackendUnavailableError, ParityError, parallel
+from conc_ml import BackendUnavailableError, ParityError, SplitError, parallel
 from conc_ml._intercept import InterceptedCall, intercept_calls
 from conc_ml.testing import assert_parallel_equivalent
 
@@ -121,6 +121,11 @@ def test_tolerances_reach_the_comparison() -> None:
 
 def test_errors_of_the_same_type_everywhere_are_equivalent() -> None:
     assert_parallel_equivalent(fails_with_key_error, [1, 2], backends=("thread", "process"), whole=True)
+
+
+def test_a_call_conc_ml_refuses_is_raised_not_taken_as_equivalent() -> None:
+    with pytest.raises(SplitError, match="cannot split argument 'rows' of type int"):
+        assert_parallel_equivalent(doubled, 5, backends=FAST)
 
 
 def test_an_error_only_in_workers_is_a_difference_and_is_chained() -> None:
