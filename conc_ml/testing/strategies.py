@@ -23,7 +23,12 @@ Hypothesis with worker processes, in practice:
   imports again, most of a second). Fix the count for process runs
   (``parallel_configs(min_workers=2, max_workers=2)``) and start the pool once in a
   session-scoped fixture (one tiny call on the ``process`` backend with that count), so
-  that no example pays for start-up and each pays only for its chunks.
+  that no example pays for start-up and each pays only for its chunks::
+
+      @pytest.fixture(scope="session", autouse=True)
+      def warm_process_pool():
+          conc_ml.parallel(backend="process", workers=2, chunks=2)(len)([0, 0])
+
 - **Few, tiny examples**: ``max_examples`` of 20 to 30 and inputs of a few rows find the
   chunking bugs (empty chunks, one row, uneven splits, views) as well as large inputs do;
   ``splittable(max_rows=...)`` keeps them small and shrinks towards 0 and 1 rows.
