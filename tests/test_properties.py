@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conc_ml import parallel
@@ -27,14 +27,16 @@ from conc_ml.testing.strategies import SPLITTABLE_KINDS, parallel_configs, split
 ALL_BACKENDS = ("sequential", "thread", "process", "async")
 
 #: runs through worker processes: few, tiny examples, no deadline (the pool starts once)
-ACROSS_BACKENDS = settings(max_examples=25, deadline=None)
+ACROSS_BACKENDS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 #: in-process properties: a busy machine must not turn a slow example into a failure
-NO_DEADLINE = settings(deadline=None)
+NO_DEADLINE = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 numeric_dtypes = st.sampled_from([np.float64, np.float32, np.int64, np.int8, np.bool_, np.complex128])
 any_splittable = splittable(numeric_dtypes, kinds=SPLITTABLE_KINDS, max_rows=10, row_shape=(2,))
-#: integers and Python-float lists: inputs whose element-wise doubling is exact
-doublable = splittable(st.sampled_from([np.float64, np.int32]), kinds=("array", "list", "tuple"), max_rows=10)
+#: inputs whose element-wise doubling is exact: floats that cannot overflow, and integers
+doublable = splittable(np.float64, kinds=("array", "list", "tuple"), max_rows=10, elements=st.floats(-1e300, 1e300)) | (
+    splittable(np.int32, kinds=("array", "list", "tuple"), max_rows=10)
+)
 
 
 #: one worker count for every run, so that one warm process pool serves the whole module
@@ -132,13 +134,13 @@ def test_seeded_streams_give_the_same_result_on_every_backend(values: np.ndarray
     assert_equivalent(run(values), run.sequential(values))
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(values=splittable(kinds=("array",), min_rows=1, max_rows=8), seed=st.integers(0, 2**32 - 1))
 def test_assert_parallel_equivalent_holds_for_seeded_functions(values: np.ndarray, seed: int) -> None:
     assert_parallel_equivalent(jittered, values, backends=ALL_BACKENDS, workers=WORKERS, chunks=(None, 3), seed=seed)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     items=splittable(kinds=("list",), min_rows=1, max_rows=10),
     chunks=st.integers(1, 5),

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -127,15 +127,15 @@ def outcome(actual: Any, expected: Any, **tolerance: float) -> str | None:
     return None
 
 
-#: a busy machine must not turn a slow example into a failure
-@settings(deadline=None)
+#: a busy machine (2 cores, shared) must not turn slow examples into a failure
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(structures, tolerances)
 def test_reflexive_on_copies_and_on_itself(value: Any, tolerance: dict[str, float]) -> None:
     assert_equivalent(value, value, **tolerance)
     assert_equivalent(value, copy.deepcopy(value), **tolerance)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(structures, st.integers(0, 50), st.booleans(), tolerances)
 def test_symmetric(value: Any, target: int, change: bool, tolerance: dict[str, float]) -> None:
     other = perturb(value, target)[0] if change else copy.deepcopy(value)
@@ -147,7 +147,7 @@ def test_symmetric(value: Any, target: int, change: bool, tolerance: dict[str, f
         assert forward.split(":")[0] == backward.split(":")[0]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(structures, st.data())
 def test_one_ulp_anywhere_is_found_and_named(value: Any, data: st.DataObject) -> None:
     n_floats = count_floats(value)
@@ -165,7 +165,7 @@ def test_one_ulp_anywhere_is_found_and_named(value: Any, data: st.DataObject) ->
     assert str(backward.value).startswith(f"{path}: ")
 
 
-@settings(deadline=None)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     hnp.arrays(st.sampled_from([np.float64, np.float32]), shapes, elements={"allow_nan": False}).map(np.asfortranarray),
     st.data(),

@@ -8,16 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from hypothesis import find, given, settings
+from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 
 from conc_ml import BackendUnavailableError, parallel
 from conc_ml.testing.strategies import SPLITTABLE_KINDS, parallel_configs, splittable
 
 #: ``find`` generates max_examples inputs before it shrinks; few suffice for easy conditions
-NO_DATABASE = settings(database=None, max_examples=30, derandomize=True, deadline=None)
-#: a busy machine must not turn a slow example into a failure
-NO_DEADLINE = settings(deadline=None)
+NO_DATABASE = settings(
+    database=None, max_examples=30, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+#: a busy machine (2 cores, shared) must not turn slow examples into a failure
+NO_DEADLINE = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @parallel
@@ -82,7 +84,7 @@ def test_every_kind_is_drawn_as_its_own_type(value: Any) -> None:
     [("array", np.ndarray), ("list", list), ("tuple", tuple), ("series", pd.Series), ("dataframe", pd.DataFrame)],
 )
 def test_only_the_kinds_asked_for(kind: str, kind_type: type) -> None:
-    @settings(max_examples=10, deadline=None)
+    @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(splittable(kinds=(kind,)))
     def check(value: Any) -> None:
         assert type(value) is kind_type
