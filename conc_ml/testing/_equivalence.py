@@ -245,6 +245,11 @@ class _Comparer:
         self, actual: list[Any] | tuple[Any, ...], expected: list[Any] | tuple[Any, ...], path: str
     ) -> Difference | None:
         common = min(len(actual), len(expected))
+        if len(actual) == len(expected) and _all_floats(actual) and _all_floats(expected):
+            # Python floats are float64: compare long lists of them as one array, not one by one.
+            return self._compare_arrays(
+                np.array(actual, np.float64), np.array(expected, np.float64), path, _index_suffix
+            )
         for i in range(common):
             found = self.compare(actual[i], expected[i], f"{path}[{i}]")
             if found is not None:
@@ -599,6 +604,10 @@ class _Comparer:
             path,
             f"{what} differ: only in actual {sorted(actual - expected)}, only in expected {sorted(expected - actual)}",
         )
+
+
+def _all_floats(items: list[Any] | tuple[Any, ...]) -> bool:
+    return bool(items) and all(type(item) is float for item in items)
 
 
 def _sparse_entries(matrix: Any) -> tuple[np.ndarray, np.ndarray]:
