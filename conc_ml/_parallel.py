@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -278,8 +279,9 @@ class AsyncParallelFunction(ParallelFunction[P, R]):
         if call.backend_name in ("async", "sequential"):
             if call.backend_name == "sequential":
                 call.workers = 1
-            async for chunk, outcome in iter_outcomes_async(call):
-                yield chunk.index, outcome.value
+            async with contextlib.aclosing(iter_outcomes_async(call)) as outcomes:
+                async for chunk, outcome in outcomes:
+                    yield chunk.index, outcome.value
             return
         results = await _in_worker_thread(call, lambda: list(iter_outcomes(call)))
         for chunk, outcome in results:

@@ -345,3 +345,27 @@ def test_leaving_a_stream_early_runs_no_further_chunks() -> None:
         if index == 1:
             break
     assert calls == [0, 1]
+
+
+def test_closing_an_async_stream_early_cancels_the_rest() -> None:
+    import contextlib
+
+    started: list[int] = []
+
+    async def slow_after_first(items: list[int]) -> list[int]:
+        started.append(items[0])
+        if items[0] != 0:
+            await anyio.sleep(30)
+        return items
+
+    func = parallel(backend="async", chunks=4)(slow_after_first)
+
+    async def first_only() -> list[tuple[int, list[int]]]:
+        seen = []
+        async with contextlib.aclosing(func.stream(list(range(8)))) as stream:
+            async for item in stream:
+                seen.append(item)
+                break
+        return seen
+
+    assert anyio.run(first_only) == [(0, [0, 1])]
