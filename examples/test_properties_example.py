@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conc_ml import parallel
+from conc_ml import ParityError, parallel
 from conc_ml.testing import assert_equivalent, assert_parallel_equivalent
 from conc_ml.testing.strategies import parallel_configs, splittable
 
@@ -43,17 +43,33 @@ def bootstrap_row_means(features: np.ndarray, rng: np.random.Generator) -> np.nd
 @pytest.fixture(scope="module", autouse=True)
 def warm_process_pool() -> None:
     """Start the worker processes before hypothesis runs, so that no example pays for it."""
-    standardise_rows.options(workers=WORKERS, chunks=WORKERS)(np.zeros((WORKERS, 3)))
+    # .stream() runs the chunks without being timed under ``pytest --conc-bench``.
+    list(standardise_rows.options(workers=WORKERS, chunks=WORKERS).stream(np.zeros((WORKERS, 3))))
 
 
 @settings(max_examples=20, deadline=None)  # no deadline: worker processes make timing uneven
 @given(features=feature_rows, config=parallel_configs(min_workers=WORKERS, max_workers=WORKERS))
 def test_standardise_rows_is_parallel_safe(features: np.ndarray, config: dict[str, Any]) -> None:
-    run = standardise_rows.options(**config)
-    result = run(features)
-    assert_equivalent(result, run.sequential(features))
-    # Row by row, so one call on all rows must give the same, bit for bit.
-    assert_equivalent(result, standardise_rows.__wrapped__(features))
+    # The drawn run against .sequential(); whole=True also against one call on all rows,
+    # which must agree bit for bit since the function works row by row.
+    assert_parallel_equivalent(
+        standardise_rows,
+        features,
+        backends=config["backend"],
+        workers=config["workers"],
+        chunks=config["chunks"],
+        whole=True,
+    )
+
+
+def test_a_chunk_dependent_function_is_caught() -> None:
+    # Centring each chunk on its own mean is not row by row: whole=True says where it breaks.
+    @parallel(backend="thread", combine="concat")
+    def centre_columns(features: np.ndarray) -> np.ndarray:
+        return features - features.mean(axis=0)
+
+    with pytest.raises(ParityError, match=r"differs from .*centre_columns\(\) called on the whole input"):
+        assert_parallel_equivalent(centre_columns, np.arange(12.0).reshape(4, 3), chunks=2, whole=True)
 
 
 @settings(max_examples=10, deadline=None)
@@ -61,3 +77,11 @@ def test_standardise_rows_is_parallel_safe(features: np.ndarray, config: dict[st
 def test_bootstrap_is_reproducible_on_every_backend(features: np.ndarray, seed: int) -> None:
     # Every backend, with the function's own chunking and with 3 chunks, against .sequential.
     assert_parallel_equivalent(bootstrap_row_means, features, workers=WORKERS, chunks=(None, 3), seed=seed)
+
+
+def test_results_compare_deeply() -> None:
+    # assert_equivalent is the comparison behind all of the above, usable on its own.
+    fitted = {"coef": np.array([[0.5, 1.0]]), "classes": ["a", "b"]}
+    assert_equivalent(fitted, {"coef": np.array([[0.5, 1.0]]), "classes": ["a", "b"]})
+    with pytest.raises(ParityError, match=r"^result\['coef'\]\[0, 1\]: actual 1.0, expected 1.5"):
+        assert_equivalent(fitted, {"coef": np.array([[0.5, 1.5]]), "classes": ["a", "b"]})
