@@ -403,6 +403,8 @@ class _Comparer:
 
     def _float_mismatch(self, actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
         if self.exact:
+            if _same_bits(actual, expected):
+                return np.zeros(actual.shape, dtype=bool)
             # Bit-for-bit up to NaN payloads: 0.0 and -0.0 differ, as 1/x would.
             same = (actual == expected) & (np.signbit(actual) == np.signbit(expected))
             return np.asarray(~(same | (np.isnan(actual) & np.isnan(expected))))
@@ -604,6 +606,18 @@ class _Comparer:
             path,
             f"{what} differ: only in actual {sorted(actual - expected)}, only in expected {sorted(expected - actual)}",
         )
+
+
+def _same_bits(actual: np.ndarray, expected: np.ndarray) -> bool:
+    """Whether two float arrays of one dtype hold identical bits (so identical values)."""
+    size = actual.dtype.itemsize
+    if actual.dtype.kind != "f" or size not in (2, 4, 8):
+        return False  # long double carries padding bytes that need not match
+    unsigned = np.dtype(f"u{size}")
+    try:
+        return bool(np.array_equal(actual.view(unsigned), expected.view(unsigned)))
+    except ValueError:
+        return False
 
 
 def _all_floats(items: list[Any] | tuple[Any, ...]) -> bool:

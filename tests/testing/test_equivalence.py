@@ -39,6 +39,14 @@ def test_equal_arrays_pass_and_a_copy_with_nan_in_the_same_place_is_equal() -> N
     assert_equivalent(values.astype(np.float32), values.astype(np.float32))
 
 
+def test_nan_payloads_do_not_matter() -> None:
+    quiet = np.array([np.nan, 1.0])
+    other_payload = np.array([0x7FF8_0000_0000_0001, 0x3FF0_0000_0000_0000], dtype=np.uint64).view(np.float64)
+    assert quiet.view(np.uint64)[0] != other_payload.view(np.uint64)[0]
+    assert_equivalent(other_payload, quiet)
+    assert_equivalent(quiet.astype(np.float16), quiet.astype(np.float16))
+
+
 def test_one_ulp_is_a_difference_without_tolerance() -> None:
     expected = np.array([[0.5, 1.0, 2.0], [3.0, 4.0, 5.0]])
     actual = expected.copy()
