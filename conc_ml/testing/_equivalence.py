@@ -245,6 +245,11 @@ class _Comparer:
         self, actual: list[Any] | tuple[Any, ...], expected: list[Any] | tuple[Any, ...], path: str
     ) -> Difference | None:
         common = min(len(actual), len(expected))
+        if len(actual) == len(expected) and _all_floats(actual) and _all_floats(expected):
+            # Python floats are float64: compare long lists of them as one array, not one by one.
+            return self._compare_arrays(
+                np.array(actual, np.float64), np.array(expected, np.float64), path, _index_suffix
+            )
         for i in range(common):
             found = self.compare(actual[i], expected[i], f"{path}[{i}]")
             if found is not None:
@@ -272,7 +277,15 @@ class _Comparer:
             return Difference(
                 path, f"key order differs: actual {_show(list(actual))}, expected {_show(list(expected))}"
             )
+        # 1 and 1.0 (and True) are the same dict key: compare the keys' types too.
+        stored = {key: key for key in actual}
         for key in expected:
+            if type(stored[key]) is not type(key):
+                return Difference(
+                    f"{path}[{key!r}]",
+                    f"key types differ: actual key {stored[key]!r} is {_type_name(stored[key])}, "
+                    f"expected key {key!r} is {_type_name(key)}",
+                )
             found = self.compare(actual[key], expected[key], f"{path}[{key!r}]")
             if found is not None:
                 return found
@@ -281,6 +294,14 @@ class _Comparer:
     def _compare_sets(self, actual: Any, expected: Any, path: str) -> Difference | None:
         # Members are matched by hash and ==: tolerances do not apply inside sets.
         if actual == expected:
+            stored = {member: member for member in actual}
+            for member in expected:
+                if type(stored[member]) is not type(member):
+                    return Difference(
+                        path,
+                        f"member types differ: actual has {stored[member]!r} ({_type_name(stored[member])}), "
+                        f"expected {member!r} ({_type_name(member)})",
+                    )
             return None
         parts = []
         if expected - actual:
@@ -381,21 +402,28 @@ class _Comparer:
         return self._report(actual, expected, mismatch, path, suffix, numeric=True, unit=unit)
 
     def _float_mismatch(self, actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
-        both_nan = np.isnan(actual) & np.isnan(expected)
         if self.exact:
+            if _same_bits(actual, expected):
+                return np.zeros(actual.shape, dtype=bool)
             # Bit-for-bit up to NaN payloads: 0.0 and -0.0 differ, as 1/x would.
             same = (actual == expected) & (np.signbit(actual) == np.signbit(expected))
-            return np.asarray(~(same | both_nan))
+            return np.asarray(~(same | (np.isnan(actual) & np.isnan(expected))))
+        # Results under test are mostly equal: apply the tolerance to the rest only.
+        # C order, so that the flat positions below index a view of it, never a copy.
+        mismatch = np.ascontiguousarray(actual != expected)
+        candidates = np.flatnonzero(mismatch)
+        if candidates.size == 0:
+            return mismatch
         wide = np.result_type(actual.dtype, np.float64)
-        a = actual.astype(wide, copy=False)
-        e = expected.astype(wide, copy=False)
+        a = actual.reshape(-1)[candidates].astype(wide)
+        e = expected.reshape(-1)[candidates].astype(wide)
         with np.errstate(all="ignore"):
-            difference = np.abs(a - e)
             bound = np.maximum(self.atol, self.rtol * np.maximum(np.abs(a), np.abs(e)))
             # inf - x is inf and rtol * inf is inf: without the finiteness test every
             # infinity would be "close" to everything.
-            close = (difference <= bound) & np.isfinite(a) & np.isfinite(e)
-        return np.asarray(~(close | (a == e) | both_nan))
+            close = (np.abs(a - e) <= bound) & np.isfinite(a) & np.isfinite(e)
+        mismatch.reshape(-1)[candidates] = ~(close | (np.isnan(a) & np.isnan(e)))
+        return mismatch
 
     def _compare_integer_arrays(
         self,
@@ -405,7 +433,7 @@ class _Comparer:
         suffix: Callable[[tuple[int, ...]], str],
         unit: str,
     ) -> Difference | None:
-        mismatch = np.asarray(actual != expected)
+        mismatch = np.ascontiguousarray(actual != expected)
         if not self.exact and mismatch.any():
             # Decide each differing pair with Python ints: a float64 detour would round
             # 2**60 + 1 to 2**60 and call them equal.
@@ -578,6 +606,22 @@ class _Comparer:
             path,
             f"{what} differ: only in actual {sorted(actual - expected)}, only in expected {sorted(expected - actual)}",
         )
+
+
+def _same_bits(actual: np.ndarray, expected: np.ndarray) -> bool:
+    """Whether two float arrays of one dtype hold identical bits (so identical values)."""
+    size = actual.dtype.itemsize
+    if actual.dtype.kind != "f" or size not in (2, 4, 8):
+        return False  # long double carries padding bytes that need not match
+    unsigned = np.dtype(f"u{size}")
+    try:
+        return bool(np.array_equal(actual.view(unsigned), expected.view(unsigned)))
+    except ValueError:
+        return False
+
+
+def _all_floats(items: list[Any] | tuple[Any, ...]) -> bool:
+    return bool(items) and all(type(item) is float for item in items)
 
 
 def _sparse_entries(matrix: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -39,6 +39,14 @@ def test_equal_arrays_pass_and_a_copy_with_nan_in_the_same_place_is_equal() -> N
     assert_equivalent(values.astype(np.float32), values.astype(np.float32))
 
 
+def test_nan_payloads_do_not_matter() -> None:
+    quiet = np.array([np.nan, 1.0])
+    other_payload = np.array([0x7FF8_0000_0000_0001, 0x3FF0_0000_0000_0000], dtype=np.uint64).view(np.float64)
+    assert quiet.view(np.uint64)[0] != other_payload.view(np.uint64)[0]
+    assert_equivalent(other_payload, quiet)
+    assert_equivalent(quiet.astype(np.float16), quiet.astype(np.float16))
+
+
 def test_one_ulp_is_a_difference_without_tolerance() -> None:
     expected = np.array([[0.5, 1.0, 2.0], [3.0, 4.0, 5.0]])
     actual = expected.copy()
@@ -161,6 +169,18 @@ def test_non_contiguous_views_compare_by_value() -> None:
     assert_equivalent(base[::-1, ::2], base[::-1, ::2].copy())
 
 
+@pytest.mark.parametrize("tolerance", [{}, {"rtol": 1e-12}])
+@pytest.mark.parametrize("layout", [np.ascontiguousarray, np.asfortranarray, lambda a: a[::-1, ::-1]])
+def test_a_difference_in_any_memory_layout_is_found_where_it_is(tolerance: dict[str, float], layout: Any) -> None:
+    expected = np.arange(12.0).reshape(3, 4)
+    actual = expected.copy()
+    actual[0, 3] = 30.0
+    actual, expected = layout(actual), layout(expected)
+    row, column = np.argwhere(actual != expected)[0]
+    message = differs(actual, expected, **tolerance)
+    assert message.startswith(f"result[{row}, {column}]: actual 30.0, expected 3.0 (1 of 12")
+
+
 # -- scalars -------------------------------------------------------------------------
 
 
@@ -176,6 +196,8 @@ def test_python_and_numpy_scalars() -> None:
     assert_equivalent(10**30 + 1, 10**30, rtol=1e-20)
     assert_equivalent(1 + 2j, 1 + 2j)
     differs(True, False)
+    assert "relative difference 0.2" in differs(np.int64(6), np.int64(5))
+    assert_equivalent(np.int64(6), np.int64(5), atol=1)
 
 
 def test_types_must_match() -> None:
@@ -214,6 +236,8 @@ def test_mappings_compare_keys_then_values() -> None:
     assert "keys differ: missing from actual: ['b']; only in actual: ['c']" in message
     assert differs({1: 1.0}, {1: 2.0}).startswith("result[1]: ")
     assert "key order differs" in differs(OrderedDict(a=1, b=2), OrderedDict(b=2, a=1))
+    message = differs({1.0: "a"}, {1: "a"})
+    assert message == "result[1]: key types differ: actual key 1.0 is float, expected key 1 is int"
 
 
 def test_sets_compare_members() -> None:
@@ -221,6 +245,7 @@ def test_sets_compare_members() -> None:
     assert_equivalent(frozenset({"a"}), frozenset({"a"}))
     message = differs({1, 2, 4}, {1, 2, 3})
     assert message == "result: set members differ (matched with ==): missing from actual: [3]; only in actual: [4]"
+    assert "member types differ: actual has True (bool), expected 1 (int)" in differs({True, 2}, {1, 2})
 
 
 @dataclasses.dataclass
@@ -426,3 +451,11 @@ def test_bad_tolerances_are_rejected(tolerance: dict[str, Any], error: type[Exce
 def test_name_sets_the_root_of_the_path() -> None:
     with pytest.raises(ParityError, match=r"^fit\(\)\[0\]: "):
         assert_equivalent([1], [2], name="fit()")
+
+
+@pytest.mark.parametrize("layout", [np.ascontiguousarray, np.asfortranarray, lambda a: a[::-1, ::-1]])
+def test_a_tolerance_holds_in_any_memory_layout(layout: Any) -> None:
+    expected = np.arange(1.0, 13.0).reshape(3, 4)
+    actual = expected.copy()
+    actual[1, 2] = np.nextafter(actual[1, 2], np.inf)
+    assert_equivalent(layout(actual), layout(expected), rtol=1e-12)
