@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from preprocess import BANDS, SAMPLE_RATE, extract_features, fit_scaling, make_signals
 
+from conc_ml.testing import assert_parallel_equivalent
+
 
 @pytest.fixture(scope="module")
 def small() -> tuple[np.ndarray, np.ndarray]:
@@ -36,12 +38,9 @@ def test_threads_give_the_whole_array_result_at_full_size() -> None:
 
 
 def test_checked_with_whole_true(small: tuple[np.ndarray, np.ndarray]) -> None:
-    testing = pytest.importorskip("conc_ml.testing", reason="conc_ml.testing arrives with issue 5")
-    if not hasattr(testing, "assert_parallel_equivalent"):
-        pytest.skip("conc_ml.testing.assert_parallel_equivalent arrives with issue 5")
     rows, _ = small
     center, scale = fit_scaling(rows)
-    testing.assert_parallel_equivalent(
+    assert_parallel_equivalent(
         extract_features, rows, center=center, scale=scale, backends="thread", chunks=(1, 3, 8), whole=True
     )
 
