@@ -419,3 +419,38 @@ def test_a_closed_address_client_is_replaced(on_dask: Any, dask_cluster: Any) ->
     assert second is not first
     with config(client=second):
         assert parallel(chunks=2, workers=2)(total)([1.0, 2.0]) == [1.0, 2.0]
+
+
+# -- the pytest plugin ------------------------------------------------------------------
+
+
+def test_conc_bench_checks_and_times_calls_on_dask(
+    pytester: pytest.Pytester, dask_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(_dask.ADDRESS_VARIABLE, dask_cluster.scheduler_address)
+    pytester.makepyfile(
+        test_noisy="""
+        import sys
+
+        import cloudpickle
+        import numpy as np
+
+        from conc_ml import parallel
+
+        # The cluster's workers cannot import this file (it lives in pytest's temporary
+        # directory): send its functions by value.
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+        @parallel(backend="dask", chunks=3, workers=2, seed=0, combine="concat")
+        def noisy(data, *, rng):
+            return data + rng.standard_normal(len(data))
+
+
+        def test_noisy():
+            assert noisy(np.zeros(7)).shape == (7,)
+        """
+    )
+    result = pytester.runpytest_subprocess("--conc-bench", "--conc-bench-rounds=2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_noisy::noisy*dask*2*3*ok*"])
