@@ -345,7 +345,7 @@ def _run_script(script: str, env: dict[str, str], tmp_path: Path) -> subprocess.
         env=full_env,
         capture_output=True,
         text=True,
-        timeout=CLUSTER_WAIT_S * 2,
+        timeout=90,  # under the per-test timeout, so that a hang reports its output
         check=False,
     )
 
