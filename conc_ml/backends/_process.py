@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 from typing import Any, ClassVar
 
 from .._options import usable_cpus
-from ..errors import WorkerCrashedError
+from ..errors import SerializationError, WorkerCrashedError
 
 __all__ = ["ProcessBackend", "inner_thread_env"]
 
@@ -73,7 +73,22 @@ class ProcessBackend:
 
         if not isinstance(error, BrokenProcessPool):
             return None
-        codes = [int(c) for c in re.findall(r"\((-?\d+)\)", str(error))]
+        text = str(error)
+        # loky breaks the pool when a task or a result cannot be unpickled on the other
+        # side (it pickled fine here): that is bad input, not a crash.
+        if "task has failed to un-serialize" in text:
+            return SerializationError(
+                f"an argument of chunk {chunk} (or of a chunk sent with it) was pickled but cannot be "
+                "unpickled in the worker (see the cause below); pass objects whose class the worker can "
+                "import and rebuild, or use backend='thread'"
+            )
+        if "result has failed to un-serialize" in text:
+            return SerializationError(
+                f"the result of chunk {chunk} (or of a chunk running with it) cannot be unpickled in the "
+                "caller (see the cause below); return plain data whose class the caller can import, "
+                "or use backend='thread'"
+            )
+        codes = [int(c) for c in re.findall(r"\((-?\d+)\)", text)]
         exitcode = codes[0] if codes else None
         if exitcode is None:
             how = "with an unknown exit code"
@@ -88,7 +103,8 @@ class ProcessBackend:
                 "(smaller pieces) or fewer workers"
             )
         return WorkerCrashedError(
-            f"a worker process died while running chunk {chunk}, {how}{hint}. The pool is rebuilt for the next call",
+            f"a worker process died while chunk {chunk} was in flight, {how}{hint}. "
+            "The pool is rebuilt for the next call",
             chunk=chunk,
             exitcode=exitcode,
         )
