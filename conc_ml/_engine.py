@@ -15,7 +15,7 @@ import math
 import pickle
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import anyio
@@ -24,7 +24,7 @@ from ._options import ParallelOptions
 from ._runner import ChunkOutcome, ChunkTask, run_chunk, run_chunk_async
 from ._split import Chunk, ChunkPlan
 from .backends import Backend
-from .errors import ChunkTimeoutError, RemoteTraceback, SerializationError
+from .errors import ChunkTimeoutError, RemoteTraceback, SerializationError, WorkerCrashedError
 
 __all__ = ["PreparedCall", "iter_outcomes", "iter_outcomes_async"]
 
@@ -122,6 +122,17 @@ def _timeout_error(call: PreparedCall, done: int) -> ChunkTimeoutError:
     )
 
 
+def _note_chunks_in_flight(error: WorkerCrashedError, chunk: Chunk, others: Iterable[tuple[Chunk, ChunkTask]]) -> None:
+    # A broken pool fails every pending future alike: the one reported first is not
+    # necessarily the chunk whose worker died, so say which ones it may have been.
+    in_flight = sorted([chunk.index, *(other.index for other, _ in others)])
+    if len(in_flight) > 1:
+        error.add_note(
+            f"conc-ml: chunks {', '.join(map(str, in_flight))} were in flight when the worker died; "
+            "any of them may be the one that crashed it"
+        )
+
+
 def iter_outcomes(call: PreparedCall) -> Iterator[tuple[Chunk, ChunkOutcome]]:
     """Run the chunks of ``call`` and yield each one's outcome as it finishes.
 
@@ -168,6 +179,8 @@ def iter_outcomes(call: PreparedCall) -> Iterator[tuple[Chunk, ChunkOutcome]]:
                 except Exception as error:
                     translated = backend.translate_error(error, chunk.index)
                     if translated is not None:
+                        if isinstance(translated, WorkerCrashedError):
+                            _note_chunks_in_flight(translated, chunk, pending.values())
                         raise translated from error
                     if _is_pickling_error(error):
                         raise _serialization_error(error, chunk, task, call) from error
@@ -182,8 +195,11 @@ def iter_outcomes(call: PreparedCall) -> Iterator[tuple[Chunk, ChunkOutcome]]:
     except BaseException as error:
         # Ctrl-C (and a timeout, above) stops running chunks where the backend can. A
         # user's error, a crash, or a ``break`` out of ``.stream`` only drops what is queued.
+        # On Ctrl-C every backend is asked, even one that cannot stop chunks cleanly: the
+        # thread backend then interrupts its threads, which would otherwise keep the
+        # interpreter from exiting until their chunks end.
         if not isinstance(error, Exception | GeneratorExit):
-            stop_running = backend.can_stop_running
+            stop_running = True
         raise
     finally:
         for future in pending:
