@@ -155,6 +155,11 @@ def iter_outcomes(call: PreparedCall) -> Iterator[tuple[Chunk, ChunkOutcome]]:
         exhausted = False
         while True:
             while not exhausted and len(pending) < window and not call.cancelled.is_set():
+                # Checked here too because a backend that runs chunks inline (sequential)
+                # finishes each one before ``wait`` below could ever time out.
+                if deadline is not None and time.monotonic() >= deadline:
+                    stop_running = backend.can_stop_running
+                    raise _timeout_error(call, completed)
                 chunk = next(chunks, None)
                 if chunk is None:
                     exhausted = True
