@@ -1,0 +1,166 @@
+"""Fault scenarios, each run in its own Python process by the reliability tests.
+
+A crash, a Ctrl-C or a thousand calls can take a process down or leave it dirty: run
+here, they cannot harm pytest. Usage: ``python fault_scenarios.py NAME [ARG ...]``. A
+scenario prints one JSON line starting with ``RESULT`` that the test reads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from census import settled_census, take_census
+
+from conc_ml import ChunkTimeoutError, WorkerCrashedError, parallel
+
+#: a broadcast array large enough to go through shared memory on the process backend
+LARGE_BYTES = 2 << 20
+
+
+def report(**fields: Any) -> None:
+    print("RESULT " + json.dumps(fields), flush=True)
+
+
+def shut_down_loky() -> None:
+    from loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)
+
+
+# -- user functions ----------------------------------------------------------------------
+
+CRASHING_ITEM = 5
+
+
+def crash_on_item(items: list[int], how: str) -> int:
+    if CRASHING_ITEM in items:
+        if how == "exit":
+            os._exit(7)
+        elif how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif how == "segfault":
+            ctypes.string_at(0)  # reads address 0: SIGSEGV
+    return sum(items)
+
+
+def run_until_interrupted(items: list[int], weights: np.ndarray, marker: str) -> int:
+    with open(marker, "a") as file:
+        file.write(f"{os.getpid()}\n")
+    # A loop of short waits, as a training loop of short steps: the Python code between
+    # them is where a thread can be interrupted.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return sum(items) + int(weights[0])
+
+
+async def await_until_cancelled(items: list[int], weights: np.ndarray, marker: str) -> int:
+    import anyio
+
+    with open(marker, "a") as file:
+        file.write(f"{os.getpid()}\n")
+    await anyio.sleep(60)
+    return sum(items) + int(weights[0])
+
+
+def weighted_sum(items: list[int], weights: np.ndarray) -> float:
+    return float(sum(weights[i % len(weights)] for i in items))
+
+
+# -- scenarios ---------------------------------------------------------------------------
+
+
+def scenario_crash(*hows: str) -> None:
+    """For each way to die, a worker dies on one chunk: report the error and whether the next call works."""
+    func = parallel(backend="process", workers=2, chunks=4)(crash_on_item)
+    items = list(range(8))
+    outcomes = {}
+    for how in hows:
+        try:
+            func(items, how)
+        except WorkerCrashedError as error:
+            outcome: dict[str, Any] = {
+                "type": type(error).__name__,
+                "is_runtime_error": isinstance(error, RuntimeError),
+                "chunk": error.chunk,
+                "exitcode": error.exitcode,
+                "message": str(error),
+                "notes": getattr(error, "__notes__", []),
+            }
+        else:
+            outcome = {"type": None}
+        outcome["next_call"] = func(items, "none")
+        outcomes[how] = outcome
+    report(**outcomes)
+
+
+def scenario_interrupt(backend: str, marker: str) -> None:
+    """A call that runs until Ctrl-C; the test sends it and watches the process end."""
+    weights = np.ones(LARGE_BYTES // 8)
+    if backend == "async-coroutine":
+        import anyio
+
+        func: Callable[..., Any] = parallel(backend="async", workers=2, chunks=4)(await_until_cancelled)
+        anyio.run(func, list(range(8)), weights, marker)
+    else:
+        parallel(backend=backend, workers=2, chunks=4)(run_until_interrupted)(list(range(8)), weights, marker)
+    report(finished=True)  # never reached: the test fails if it is
+
+
+def scenario_repeated_calls(backend: str, calls: str) -> None:
+    """Many calls with a large broadcast array; report what the process holds more after."""
+    weights = np.arange(LARGE_BYTES // 8, dtype=np.float64)
+    func = parallel(backend=backend, workers=2, chunks=2)(weighted_sum)
+    func([1, 2], weights)  # warm up: pools, imports, the resource tracker
+    before = take_census()
+    results = {tuple(func([1, 2, 3, 4], weights)) for _ in range(int(calls))}
+    after = settled_census(before)
+    report(results=sorted(results), leaked=after.leaked_since(before))
+
+
+def scenario_timeout_kills_workers() -> None:
+    """A stuck chunk times out; report whether the workers that ran it are gone."""
+    import psutil
+
+    func = parallel(backend="process", workers=2, chunks=2, timeout=1)(run_until_interrupted)
+    weights = np.ones(4)
+    parallel(backend="process", workers=2, chunks=2)(weighted_sum)([1, 2], weights)  # warm pool
+    workers = psutil.Process().children()
+    folder = tempfile.mkdtemp()
+    marker = os.path.join(folder, "started")
+    try:
+        func([1, 2], weights, marker)
+    except ChunkTimeoutError as error:
+        caught = {"type": type(error).__name__, "is_timeout_error": isinstance(error, TimeoutError)}
+    else:
+        caught = {"type": None}
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    started = []
+    if os.path.exists(marker):
+        with open(marker) as file:
+            started = [int(pid) for pid in file.read().split()]
+    shutil.rmtree(folder)
+    still_running = [pid for pid in started if psutil.pid_exists(pid)]
+    next_call = parallel(backend="process", workers=2, chunks=2)(weighted_sum)([1, 2], weights)
+    report(**caught, alive=[p.pid for p in alive], started=started, still_running=still_running, next_call=next_call)
+
+
+SCENARIOS: dict[str, Callable[..., None]] = {
+    "crash": scenario_crash,
+    "interrupt": scenario_interrupt,
+    "repeated-calls": scenario_repeated_calls,
+    "timeout-kills-workers": scenario_timeout_kills_workers,
+}
+
+if __name__ == "__main__":
+    SCENARIOS[sys.argv[1]](*sys.argv[2:])
