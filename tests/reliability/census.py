@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import psutil
 
-__all__ = ["Census", "settled_census", "take_census"]
+__all__ = ["Census", "is_resource_tracker", "settled_census", "take_census"]
 
 SHM_FOLDER = "/dev/shm"
 
@@ -35,7 +35,8 @@ def _owned_entries(folder: str, pid: int) -> frozenset[str]:
     return frozenset(name for name in names if name.startswith(prefixes))
 
 
-def _is_resource_tracker(process: psutil.Process) -> bool:
+def is_resource_tracker(process: psutil.Process) -> bool:
+    """Whether ``process`` is a resource tracker (loky's or multiprocessing's)."""
     # loky's (and multiprocessing's) resource tracker is started once and lives as long
     # as the caller: it is infrastructure, not a worker that leaked.
     try:
@@ -48,7 +49,7 @@ def _live_children() -> frozenset[int]:
     pids = set()
     for child in psutil.Process().children(recursive=True):
         try:
-            if child.status() == psutil.STATUS_ZOMBIE or _is_resource_tracker(child):
+            if child.status() == psutil.STATUS_ZOMBIE or is_resource_tracker(child):
                 continue
         except psutil.Error:
             continue

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from .census import settled_census, take_census
 
 import conc_ml
+
+from .census import settled_census, take_census
 
 SCENARIO_SCRIPT = Path(__file__).with_name("fault_scenarios.py")
 REPO_ROOT = Path(conc_ml.__file__).resolve().parent.parent

@@ -17,18 +17,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from .census import is_resource_tracker
 from .conftest import scenario_command, scenario_environment
 
 STOP_WITHIN = 5.0
 START_WITHIN = 60.0
 TRACKER_EXIT_WITHIN = 30.0
-
-
-def _is_resource_tracker(process: psutil.Process) -> bool:
-    try:
-        return any("resource_tracker" in part for part in process.cmdline())
-    except psutil.Error:
-        return False
 
 
 def _is_gone(process: psutil.Process) -> bool:
@@ -88,8 +82,8 @@ def test_ctrl_c_stops_the_call_and_leaves_no_process(tmp_path: Path, backend: st
     assert "RESULT" not in stdout
     assert process.returncode in (-signal.SIGINT, 1), stderr
     assert stderr.rstrip().endswith("KeyboardInterrupt"), stderr
-    workers = [p for p in descendants if not _is_resource_tracker(p)]
-    trackers = [p for p in descendants if _is_resource_tracker(p)]
+    workers = [p for p in descendants if not is_resource_tracker(p)]
+    trackers = [p for p in descendants if is_resource_tracker(p)]
     assert not _survivors(workers, within=STOP_WITHIN), "workers orphaned after Ctrl-C"
     # A resource tracker outlives its caller a moment on purpose: it deletes what the
     # caller left registered, then exits.
