@@ -9,6 +9,7 @@ loky starts them with, so that workers x inner threads <= CPUs.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 from collections.abc import Mapping
@@ -46,6 +47,23 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
+def _unblock_call_queue(call_queue: Any) -> None:
+    """Let the feeder thread of a dead pool's call queue end, so that it frees its pipe.
+
+    The feeder thread writes pickled tasks into a pipe that the workers read. When they
+    are killed with a task larger than the pipe's buffer half-sent, nobody reads the rest
+    and the thread blocks in ``write`` for good, keeping the pipe's two descriptors and the
+    queue's semaphores (found by ``benchmarks/soak.py``: one thread, two fds and three
+    ``/dev/shm`` entries per timeout or crash). This process still holds the pipe's read
+    end; closing it makes the write fail with EPIPE once the workers are gone, and the
+    thread ends. The pool is dead, so nothing else reads from that end.
+    """
+    reader = getattr(call_queue, "_reader", None)
+    if reader is not None:
+        with contextlib.suppress(OSError):
+            reader.close()
+
+
 class ProcessBackend:
     """Chunks on loky's reusable process pool."""
 
@@ -63,10 +81,15 @@ class ProcessBackend:
         return executor
 
     def release(self, executor: Executor, *, abort: bool, stop_running: bool) -> None:
+        call_queue = getattr(executor, "_call_queue", None)
         if stop_running:
             # The only way to stop a chunk that is running in a process; loky builds a
             # fresh pool on the next call.
             executor.shutdown(wait=True, kill_workers=True)  # type: ignore[call-arg]
+            _unblock_call_queue(call_queue)
+        elif abort and getattr(getattr(executor, "_flags", None), "broken", None) is not None:
+            # A worker died: loky kills the others and drops this pool.
+            _unblock_call_queue(call_queue)
 
     def translate_error(self, error: BaseException, chunk: int) -> BaseException | None:
         from concurrent.futures.process import BrokenProcessPool
