@@ -40,6 +40,8 @@ from tests.reliability.census import settled_census, take_census
 #: a broadcast array large enough for the process backend's shared memory
 WEIGHTS = np.arange((2 << 20) // 8, dtype=np.float64)
 ITEMS = list(range(16))
+#: pickled into every task of the faulty rounds: more than a pipe holds, as a big list or frame would be
+BALLAST = bytes(4 << 20)
 BACKENDS = ("sequential", "thread", "process", "async")
 #: a call that has not ended after this long counts as hung
 HANG_AFTER = 30.0
@@ -56,7 +58,7 @@ def weighted_sum(items: list[int], weights: np.ndarray) -> float:
     return float(weights[items].sum())
 
 
-def die_on_item(items: list[int], weights: np.ndarray, how: str) -> float:
+def die_on_item(items: list[int], weights: np.ndarray, how: str, ballast: bytes = b"") -> float:
     if 7 in items:
         if how == "exit":
             os._exit(3)
@@ -64,7 +66,7 @@ def die_on_item(items: list[int], weights: np.ndarray, how: str) -> float:
     return float(weights[items].sum())
 
 
-def busy_for(items: list[int], weights: np.ndarray, seconds: float) -> float:
+def busy_for(items: list[int], weights: np.ndarray, seconds: float, ballast: bytes = b"") -> float:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         time.sleep(0.01)
@@ -111,7 +113,7 @@ def plain_call(backend: str) -> Callable[[], None]:
 def worker_dies(how: str) -> Callable[[], None]:
     def run() -> None:
         func = parallel(backend="process", workers=2, chunks=4)(die_on_item)
-        _expect_error(WorkerCrashedError, lambda: func(ITEMS, WEIGHTS, how))
+        _expect_error(WorkerCrashedError, lambda: func(ITEMS, WEIGHTS, how, BALLAST))
 
     return run
 
@@ -119,7 +121,7 @@ def worker_dies(how: str) -> Callable[[], None]:
 def times_out(backend: str) -> Callable[[], None]:
     def run() -> None:
         func = parallel(backend=backend, workers=2, chunks=4, timeout=0.3)(busy_for)
-        _expect_error(ChunkTimeoutError, lambda: func(ITEMS, WEIGHTS, 1.0))
+        _expect_error(ChunkTimeoutError, lambda: func(ITEMS, WEIGHTS, 1.0, BALLAST))
 
     return run
 
@@ -152,7 +154,7 @@ def interrupted(backend: str) -> Callable[[], None]:
         timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
         try:
             timer.start()
-            func(ITEMS, WEIGHTS, 3.0)
+            func(ITEMS, WEIGHTS, 3.0, BALLAST)
         except KeyboardInterrupt:
             return
         finally:

@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -155,7 +156,53 @@ def scenario_timeout_kills_workers() -> None:
     report(**caught, alive=[p.pid for p in alive], started=started, still_running=still_running, next_call=next_call)
 
 
+def sleep_then_sum(items: list[int], ballast: bytes, seconds: float) -> int:
+    time.sleep(seconds)
+    return sum(items) + len(ballast)
+
+
+def die_with_ballast(items: list[int], ballast: bytes) -> int:
+    os._exit(3)
+
+
+def scenario_faults_leave_nothing(rounds: str) -> None:
+    """Timeouts, crashes and Ctrl-C with large tasks in flight; report what is held more after."""
+    # bytes, not an array: it is pickled into every task, larger than a pipe's buffer.
+    ballast = bytes(4 << 20)
+    slow = parallel(backend="process", workers=2, chunks=4, timeout=0.5)(sleep_then_sum)
+    dying = parallel(backend="process", workers=2, chunks=4)(die_with_ballast)
+    parallel(backend="process", workers=2, chunks=2)(weighted_sum)([1, 2], np.ones(4))  # warm up
+    shut_down_loky()
+    before = take_census()
+    errors = []
+    for _ in range(int(rounds)):
+        for call, expected in (
+            (lambda: slow(list(range(8)), ballast, 5.0), ChunkTimeoutError),
+            (lambda: dying(list(range(8)), ballast), WorkerCrashedError),
+        ):
+            try:
+                call()
+            except expected:
+                pass
+            except BaseException as error:
+                errors.append(repr(error))
+        for backend in ("process", "thread"):
+            timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+            func = parallel(backend=backend, workers=2, chunks=4)(sleep_then_sum)
+            try:
+                timer.start()
+                func(list(range(8)), ballast, 2.0)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                timer.cancel()
+                timer.join()
+    after = settled_census(before, settle=shut_down_loky)
+    report(errors=errors, leaked=after.leaked_since(before))
+
+
 SCENARIOS: dict[str, Callable[..., None]] = {
+    "faults-leave-nothing": scenario_faults_leave_nothing,
     "crash": scenario_crash,
     "interrupt": scenario_interrupt,
     "repeated-calls": scenario_repeated_calls,

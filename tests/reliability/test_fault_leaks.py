@@ -16,3 +16,11 @@ def test_a_thousand_calls_leak_no_fd_thread_process_segment_or_temp_file(run_sce
     assert result["leaked"] == {}
     # weights[i] == i: chunks [1, 2] and [3, 4] of every call
     assert result["results"] == [[3.0, 7.0]]
+
+
+def test_timeouts_crashes_and_ctrl_c_with_large_tasks_in_flight_leak_nothing(run_scenario: Any) -> None:
+    # A killed pool used to leave loky's queue feeder thread blocked on a half-sent task,
+    # with its pipe and semaphores, once per fault.
+    result = run_scenario("faults-leave-nothing", "2")
+    assert result["errors"] == []
+    assert result["leaked"] == {}
