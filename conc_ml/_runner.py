@@ -6,14 +6,13 @@ this module by reference when it unpickles a :class:`ChunkTask`.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import dataclasses
 import inspect
 import os
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -31,16 +30,6 @@ def inside_worker() -> bool:
     return _inside_worker.get()
 
 
-@contextlib.contextmanager
-def worker_scope() -> Iterator[None]:
-    """Mark the code inside as running in a chunk (nested calls then stay sequential)."""
-    token = _inside_worker.set(True)
-    try:
-        yield
-    finally:
-        _inside_worker.reset(token)
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class ChunkTask:
     """Everything one chunk needs; pickled as a whole when it crosses a process boundary.
@@ -51,7 +40,6 @@ class ChunkTask:
     :ivar index: the chunk's position.
     :ivar seed: the chunk's :class:`~numpy.random.SeedSequence` when ``rng_param`` is set.
     :ivar rng_param: name of the parameter that receives the chunk's ``Generator``.
-    :ivar inner_threads: cap on BLAS/OpenMP threads inside the worker, or ``None``.
     """
 
     func: Callable[..., Any]
@@ -60,7 +48,6 @@ class ChunkTask:
     index: int
     seed: np.random.SeedSequence | None = None
     rng_param: str | None = None
-    inner_threads: int | None = None
 
 
 class ChunkFailure:
@@ -131,28 +118,11 @@ def describe_worker() -> str:
     return f"pid {os.getpid()}, thread {threading.current_thread().name!r}"
 
 
-_applied_thread_cap: int | None = None
-
-
-def _cap_inner_threads(limit: int) -> None:
-    # BLAS pools are process-wide: apply the cap once per worker process (environment
-    # variables set at worker start cover libraries loaded later).
-    global _applied_thread_cap
-    if _applied_thread_cap == limit:
-        return
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=limit)
-    _applied_thread_cap = limit
-
-
 def run_chunk(task: ChunkTask) -> ChunkOutcome:
     """Run one chunk and capture its result or its exception.
 
     ``KeyboardInterrupt`` and ``SystemExit`` are not captured: they stop the worker.
     """
-    if task.inner_threads is not None:
-        _cap_inner_threads(task.inner_threads)
     kwargs = task.kwargs
     if task.rng_param is not None:
         kwargs = {**kwargs, task.rng_param: np.random.default_rng(task.seed)}

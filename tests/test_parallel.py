@@ -305,3 +305,43 @@ def test_info_command_lists_cpus_and_backends() -> None:
     assert "usable" in result.stdout
     for name in ("sequential", "thread", "process", "async"):
         assert f"{name}" in result.stdout
+
+
+@pytest.mark.parametrize("backend", ["sequential", "thread"])
+def test_chunk_size_on_a_generator_reads_it_only_a_little_ahead(backend: str) -> None:
+    produced = 0
+    seen: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def source() -> Any:
+        nonlocal produced
+        for i in range(100):
+            with lock:
+                produced += 1
+            yield i
+
+    def record(items: list[int]) -> int:
+        with lock:
+            seen.append((items[0] // 5, produced))
+        return len(items)
+
+    workers = 2
+    func = parallel(backend=backend, chunk_size=5, workers=workers, combine="sum")(record)
+    assert func(source()) == 100
+    window = 1 if backend == "sequential" else 2 * workers
+    for index, produced_then in seen:
+        assert produced_then <= (index + window + 1) * 5
+
+
+def test_leaving_a_stream_early_runs_no_further_chunks() -> None:
+    calls: list[int] = []
+
+    def record(items: list[int]) -> int:
+        calls.append(items[0])
+        return items[0]
+
+    func = parallel(backend="sequential", chunks=5)(record)
+    for index, _ in func.stream([0, 1, 2, 3, 4]):
+        if index == 1:
+            break
+    assert calls == [0, 1]
