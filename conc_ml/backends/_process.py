@@ -57,16 +57,27 @@ class ProcessBackend:
     def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:
         from loky import get_reusable_executor
 
-        executor: Executor = get_reusable_executor(
-            max_workers=workers, timeout=IDLE_TIMEOUT, env=inner_thread_env(workers)
-        )
-        return executor
+        from .._shared_memory import SharingExecutor
+
+        pool: Executor = get_reusable_executor(max_workers=workers, timeout=IDLE_TIMEOUT, env=inner_thread_env(workers))
+        # issue 6: large numpy arguments travel through shared memory (see conc_ml._shared_memory).
+        return SharingExecutor(pool)
 
     def release(self, executor: Executor, *, abort: bool, stop_running: bool) -> None:
-        if stop_running:
-            # The only way to stop a chunk that is running in a process; loky builds a
-            # fresh pool on the next call.
-            executor.shutdown(wait=True, kill_workers=True)  # type: ignore[call-arg]
+        from .._shared_memory import SharingExecutor
+
+        sharing = executor if isinstance(executor, SharingExecutor) else None
+        if sharing is not None:
+            executor = sharing.pool
+        try:
+            if stop_running:
+                # The only way to stop a chunk that is running in a process; loky builds a
+                # fresh pool on the next call.
+                executor.shutdown(wait=True, kill_workers=True)  # type: ignore[call-arg]
+        finally:
+            if sharing is not None:
+                # Segments go once the chunks still running are done (at once after a kill).
+                sharing.close()
 
     def translate_error(self, error: BaseException, chunk: int) -> BaseException | None:
         from concurrent.futures.process import BrokenProcessPool
