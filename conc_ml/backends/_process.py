@@ -52,7 +52,9 @@ class ProcessBackend:
     name: ClassVar[str] = "process"
     crosses_processes: ClassVar[bool] = True
     can_stop_running: ClassVar[bool] = True
-    max_in_flight_per_worker: ClassVar[int] = 2
+    # issue 6: four chunks queued per worker keep the pool busy while results travel back;
+    # with two, many small chunks waited on the caller's round trips (8 chunks: 33 -> 20 ms).
+    max_in_flight_per_worker: ClassVar[int] = 4
 
     def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:
         from loky import get_reusable_executor
