@@ -70,26 +70,39 @@ class ProcessBackend:
     name: ClassVar[str] = "process"
     crosses_processes: ClassVar[bool] = True
     can_stop_running: ClassVar[bool] = True
-    max_in_flight_per_worker: ClassVar[int] = 2
+    # issue 6: four chunks queued per worker keep the pool busy while results travel back;
+    # with two, many small chunks waited on the caller's round trips (8 chunks: 33 -> 20 ms).
+    max_in_flight_per_worker: ClassVar[int] = 4
 
     def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:
         from loky import get_reusable_executor
 
-        executor: Executor = get_reusable_executor(
-            max_workers=workers, timeout=IDLE_TIMEOUT, env=inner_thread_env(workers)
-        )
-        return executor
+        from .._shared_memory import SharingExecutor
+
+        pool: Executor = get_reusable_executor(max_workers=workers, timeout=IDLE_TIMEOUT, env=inner_thread_env(workers))
+        # issue 6: large numpy arguments travel through shared memory (see conc_ml._shared_memory).
+        return SharingExecutor(pool)
 
     def release(self, executor: Executor, *, abort: bool, stop_running: bool) -> None:
+        from .._shared_memory import SharingExecutor
+
+        sharing = executor if isinstance(executor, SharingExecutor) else None
+        if sharing is not None:
+            executor = sharing.pool
         call_queue = getattr(executor, "_call_queue", None)
-        if stop_running:
-            # The only way to stop a chunk that is running in a process; loky builds a
-            # fresh pool on the next call.
-            executor.shutdown(wait=True, kill_workers=True)  # type: ignore[call-arg]
-            _unblock_call_queue(call_queue)
-        elif abort and getattr(getattr(executor, "_flags", None), "broken", None) is not None:
-            # A worker died: loky kills the others and drops this pool.
-            _unblock_call_queue(call_queue)
+        try:
+            if stop_running:
+                # The only way to stop a chunk that is running in a process; loky builds a
+                # fresh pool on the next call.
+                executor.shutdown(wait=True, kill_workers=True)  # type: ignore[call-arg]
+                _unblock_call_queue(call_queue)
+            elif abort and getattr(getattr(executor, "_flags", None), "broken", None) is not None:
+                # A worker died: loky kills the others and drops this pool.
+                _unblock_call_queue(call_queue)
+        finally:
+            if sharing is not None:
+                # Segments go once the chunks still running are done (at once after a kill).
+                sharing.close()
 
     def translate_error(self, error: BaseException, chunk: int) -> BaseException | None:
         from concurrent.futures.process import BrokenProcessPool
