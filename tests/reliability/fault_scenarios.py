@@ -118,15 +118,18 @@ def scenario_interrupt(backend: str, marker: str) -> None:
     report(finished=True)  # never reached: the test fails if it is
 
 
-def scenario_repeated_calls(backend: str, calls: str) -> None:
-    """Many calls with a large broadcast array; report what the process holds more after."""
+def scenario_repeated_calls(calls: str, *backends: str) -> None:
+    """Per backend, many calls with a large broadcast array; report what the process holds more after."""
     weights = np.arange(LARGE_BYTES // 8, dtype=np.float64)
-    func = parallel(backend=backend, workers=2, chunks=2)(weighted_sum)
-    func([1, 2], weights)  # warm up: pools, imports, the resource tracker
-    before = take_census()
-    results = {tuple(func([1, 2, 3, 4], weights)) for _ in range(int(calls))}
-    after = settled_census(before)
-    report(results=sorted(results), leaked=after.leaked_since(before))
+    outcomes = {}
+    for backend in backends:
+        func = parallel(backend=backend, workers=2, chunks=2)(weighted_sum)
+        func([1, 2], weights)  # warm up: pools, imports, the resource tracker
+        before = take_census()
+        results = {tuple(func([1, 2, 3, 4], weights)) for _ in range(int(calls))}
+        after = settled_census(before)
+        outcomes[backend] = {"results": sorted(results), "leaked": after.leaked_since(before)}
+    report(**outcomes)
 
 
 def scenario_timeout_kills_workers() -> None:
@@ -201,7 +204,47 @@ def scenario_faults_leave_nothing(rounds: str) -> None:
     report(errors=errors, leaked=after.leaked_since(before))
 
 
+def sum_rows_or_die(items: list[int], weights: np.ndarray, how: str) -> float:
+    if how == "die" and 3 in items:
+        os._exit(3)
+    if how == "hang":
+        time.sleep(5)
+    return float(weights[items].sum())
+
+
+def scenario_small_dev_shm() -> None:
+    """/dev/shm too small: calls, a crash and a timeout go through the temporary folder."""
+    import warnings
+
+    from conc_ml import _shared_memory
+
+    # As if /dev/shm held 64 MiB and all of it were needed: every segment falls back.
+    _shared_memory.SHM_HEADROOM = 1 << 62
+    weights = np.arange(LARGE_BYTES // 8, dtype=np.float64)
+    func = parallel(backend="process", workers=2, chunks=2)(sum_rows_or_die)
+    outcomes = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        func([1], weights, "ok")  # warm up
+        before = take_census()
+        for _ in range(20):
+            outcomes.append(func([1, 2, 3, 4], weights, "ok"))
+        for how, error_type in (("die", WorkerCrashedError), ("hang", ChunkTimeoutError)):
+            try:
+                func.options(timeout=0.5)([1, 2, 3, 4], weights, how)
+            except error_type:
+                outcomes.append(how)
+        outcomes.append(func([1, 2, 3, 4], weights, "ok"))
+    after = settled_census(before, settle=shut_down_loky)
+    report(
+        outcomes=outcomes,
+        warnings=[f"{w.category.__name__}: {w.message}" for w in caught],
+        leaked=after.leaked_since(before),
+    )
+
+
 SCENARIOS: dict[str, Callable[..., None]] = {
+    "small-dev-shm": scenario_small_dev_shm,
     "faults-leave-nothing": scenario_faults_leave_nothing,
     "crash": scenario_crash,
     "interrupt": scenario_interrupt,
