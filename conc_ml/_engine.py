@@ -133,6 +133,19 @@ def _note_chunks_in_flight(error: WorkerCrashedError, chunk: Chunk, others: Iter
         )
 
 
+def _raise_translated(
+    error: Exception, chunk: Chunk, task: ChunkTask, call: PreparedCall, others: Iterable[tuple[Chunk, ChunkTask]]
+) -> None:
+    """Raise the conc-ml error for a failure of the backend, if it is one; else return."""
+    translated = call.backend.translate_error(error, chunk.index)
+    if translated is not None:
+        if isinstance(translated, WorkerCrashedError):
+            _note_chunks_in_flight(translated, chunk, others)
+        raise translated from error
+    if _is_pickling_error(error):
+        raise _serialization_error(error, chunk, task, call) from error
+
+
 def iter_outcomes(call: PreparedCall) -> Iterator[tuple[Chunk, ChunkOutcome]]:
     """Run the chunks of ``call`` and yield each one's outcome as it finishes.
 
@@ -165,7 +178,16 @@ def iter_outcomes(call: PreparedCall) -> Iterator[tuple[Chunk, ChunkOutcome]]:
                     exhausted = True
                     break
                 task = call.make_task(chunk)
-                pending[executor.submit(run_chunk, task)] = (chunk, task)
+                try:
+                    future = executor.submit(run_chunk, task)
+                except Exception as error:
+                    # A pool that broke since the last chunk was sent (a worker died
+                    # running an earlier chunk) refuses new ones: report that chunk's crash.
+                    in_flight = sorted(pending.values(), key=lambda item: item[0].index)
+                    crashed, crashed_task = in_flight[0] if in_flight else (chunk, task)
+                    _raise_translated(error, crashed, crashed_task, call, in_flight[1:])
+                    raise
+                pending[future] = (chunk, task)
             if not pending or call.cancelled.is_set():
                 break
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -182,13 +204,7 @@ def iter_outcomes(call: PreparedCall) -> Iterator[tuple[Chunk, ChunkOutcome]]:
                 except concurrent.futures.CancelledError:
                     continue
                 except Exception as error:
-                    translated = backend.translate_error(error, chunk.index)
-                    if translated is not None:
-                        if isinstance(translated, WorkerCrashedError):
-                            _note_chunks_in_flight(translated, chunk, pending.values())
-                        raise translated from error
-                    if _is_pickling_error(error):
-                        raise _serialization_error(error, chunk, task, call) from error
+                    _raise_translated(error, chunk, task, call, pending.values())
                     raise
                 if outcome.failure is not None:
                     raise_failure(outcome, chunk, call)
