@@ -279,7 +279,7 @@ class Mpire(Runner):
     label = "mpire"
 
     def start(self, data: dict[str, Any]) -> None:
-        from mpire import WorkerPool
+        from mpire.pool import WorkerPool
 
         shared = data["big"] if self.workload == "broadcast" else None
         self.pool = WorkerPool(n_jobs=self.settings.workers, shared_objects=shared, keep_alive=True)

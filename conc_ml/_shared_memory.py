@@ -238,11 +238,17 @@ def _segment_map_of(array: np.ndarray[Any, Any]) -> _SegmentMap | None:
     return base if isinstance(base, _SegmentMap) else None
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)
 class _Segment:
     path: str
     low: int
     high: int
+    #: the array the bytes came from, kept alive so that its addresses keep meaning these bytes
+    source: np.ndarray[Any, Any]
+    #: chunks in flight that use it
+    users: int = 0
+    #: chunks that used it so far; a segment of one chunk only goes as soon as that chunk is done
+    chunks: int = 0
 
 
 class SharedArrays:
@@ -251,26 +257,38 @@ class SharedArrays:
     def __init__(self, min_bytes: int = MIN_SHARED_BYTES):
         self.min_bytes = min_bytes
         self._segments: list[_Segment] = []
-        # The source arrays stay alive while the call runs, so their addresses keep meaning the same bytes.
-        self._sources: list[np.ndarray[Any, Any]] = []
         self._lock = threading.Lock()
 
     @property
     def paths(self) -> list[str]:
-        """Paths of the segments this call created."""
-        return [segment.path for segment in self._segments]
+        """Paths of the segments that exist now."""
+        with self._lock:
+            return [segment.path for segment in self._segments]
 
-    def share_task(self, task: ChunkTask) -> ChunkTask:
-        """``task`` with each large array argument replaced by a :class:`SharedArrayRef`."""
-        args = tuple(self.share(value) for value in task.args)
-        kwargs = {name: self.share(value) for name, value in task.kwargs.items()}
-        return dataclasses.replace(task, args=args, kwargs=kwargs)
+    def share_task(self, task: ChunkTask) -> tuple[ChunkTask, list[_Segment]]:
+        """``task`` with each large array argument replaced by a :class:`SharedArrayRef`, and its segments.
 
-    def share(self, value: Any) -> Any:
+        Give the segments back to :meth:`task_done` when the chunk is done.
+        """
+        used: list[_Segment] = []
+        args = tuple(self.share(value, used) for value in task.args)
+        kwargs = {name: self.share(value, used) for name, value in task.kwargs.items()}
+        distinct = list({id(segment): segment for segment in used}.values())
+        with self._lock:
+            for segment in distinct:
+                segment.users += 1
+                segment.chunks += 1
+        return dataclasses.replace(task, args=args, kwargs=kwargs), distinct
+
+    def share(self, value: Any, used: list[_Segment] | None = None) -> Any:
         """A :class:`SharedArrayRef` for a large numpy array; any other value unchanged.
 
         Object arrays and ndarray subclasses other than :class:`numpy.memmap` are returned
         unchanged (they are pickled).
+
+        :param value: an argument of a chunk.
+        :param used: the segment the reference points to is appended here (none for a
+            :func:`shared_array`, which owns its segment).
         """
         if type(value) not in (np.ndarray, np.memmap) or value.dtype.hasobject or value.nbytes < self.min_bytes:
             return value
@@ -289,15 +307,29 @@ class SharedArrays:
             segment = next((s for s in self._segments if s.low <= low and high <= s.high), None)
             if segment is None:
                 path = _new_segment(high - low, lambda fd: _copy_bytes(fd, low, high - low))
-                segment = _Segment(path, low, high)
+                segment = _Segment(path, low, high, array)
                 self._segments.append(segment)
-                self._sources.append(array)
+        if used is not None:
+            used.append(segment)
         return _ref(segment.path, segment.high - segment.low, array, segment.low)
+
+    def task_done(self, segments: list[_Segment]) -> None:
+        """A chunk that used ``segments`` is done: delete those no other chunk used."""
+        with self._lock:
+            done = []
+            for segment in segments:
+                segment.users -= 1
+                # A broadcast array (used by two chunks or more) stays for the chunks to come.
+                if segment.users == 0 and segment.chunks == 1 and segment in self._segments:
+                    self._segments.remove(segment)
+                    done.append(segment)
+        for segment in done:
+            _untrack_and_delete(segment.path)
 
     def release(self) -> None:
         """Delete every segment of the call."""
         with self._lock:
-            segments, self._segments, self._sources = self._segments, [], []
+            segments, self._segments = self._segments, []
         for segment in segments:
             _untrack_and_delete(segment.path)
 
@@ -305,43 +337,63 @@ class SharedArrays:
 class SharingExecutor(Executor):
     """A process pool's executor for one call, sending large arrays through shared memory.
 
-    Segments live until :meth:`close` was called and every chunk submitted through this
-    executor is done (finished, failed, cancelled, or lost with its worker).
+    A segment used by one chunk goes when that chunk is done (finished, failed, cancelled,
+    or lost with its worker); the others when :meth:`close` was called and every chunk
+    submitted through this executor is done.
     """
 
     def __init__(self, pool: Executor, min_bytes: int = MIN_SHARED_BYTES):
         self.pool = pool
         self.arrays = SharedArrays(min_bytes)
         self._lock = threading.Lock()
-        self._in_flight = 0
+        #: chunks in flight and the segments each uses
+        self._in_flight: dict[Future[Any], list[_Segment]] = {}
         self._closing = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        args = tuple(self.arrays.share_task(a) if isinstance(a, ChunkTask) else a for a in args)
-        with self._lock:
-            self._in_flight += 1
+        segments: list[_Segment] = []
+        shared_args = []
+        for arg in args:
+            if isinstance(arg, ChunkTask):
+                shared_task, used = self.arrays.share_task(arg)
+                shared_args.append(shared_task)
+                segments += used
+            else:
+                shared_args.append(arg)
         try:
-            future = self.pool.submit(fn, *args, **kwargs)
+            future = self.pool.submit(fn, *shared_args, **kwargs)
         except BaseException:
-            self._chunk_done(None)
+            self.arrays.task_done(segments)
             raise
+        with self._lock:
+            self._in_flight[future] = segments
         future.add_done_callback(self._chunk_done)
         return future
 
-    def _chunk_done(self, future: Future[Any] | None) -> None:
+    def _chunk_done(self, future: Future[Any]) -> None:
+        # Everything under the one lock, deletions included: close() must not return while a
+        # callback is half-way through deleting a segment.
         with self._lock:
-            self._in_flight -= 1
-            release = self._closing and self._in_flight == 0
-        if release:
+            self._finish(future)
+
+    def _finish(self, future: Future[Any]) -> None:
+        # Called by the future's callback, or earlier by close(): whichever comes first.
+        segments = self._in_flight.pop(future, None)
+        if segments is not None:
+            self.arrays.task_done(segments)
+        if self._closing and not self._in_flight:
             self.arrays.release()
 
     def close(self) -> None:
         """Delete the call's segments now, or as soon as its last running chunk is done."""
         with self._lock:
             self._closing = True
-            release = self._in_flight == 0
-        if release:
-            self.arrays.release()
+            # A future is done before its callbacks run: a call that got every result must
+            # not return with their segments still there.
+            for future in [f for f in self._in_flight if f.done()]:
+                self._finish(future)
+            if not self._in_flight:
+                self.arrays.release()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self.close()

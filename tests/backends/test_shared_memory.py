@@ -210,6 +210,34 @@ def test_segments_outlive_close_until_the_last_running_chunk_is_done() -> None:
     assert _wait_for_no_segments() == []
 
 
+def test_a_chunks_own_segment_goes_when_it_is_done_a_broadcast_one_when_the_call_ends() -> None:
+    broadcast = np.ones(BIG // 8)
+    rows = np.arange(2 * BIG // 8, dtype=np.float64)
+    halves = (rows[: rows.size // 2], rows[rows.size // 2 :])
+    gates = [threading.Event(), threading.Event()]
+
+    def run(task: ChunkTask) -> float:
+        received = pickle.loads(pickle.dumps(task))
+        assert gates[task.index].wait(10)
+        return float(received.args[0].sum() + received.args[1].sum())
+
+    with ThreadPoolExecutor(2) as pool:
+        sharing = SharingExecutor(pool)
+        futures = [
+            sharing.submit(run, ChunkTask(func=sum, args=(half, broadcast), kwargs={}, index=i))
+            for i, half in enumerate(halves)
+        ]
+        assert len(_segments()) == 3
+        gates[0].set()
+        assert futures[0].result(timeout=10) == halves[0].sum() + broadcast.sum()
+        assert len(_segments()) == 2, "the first half's segment should be gone, the broadcast one kept"
+        sharing.close()
+        assert len(_segments()) == 2, "the second chunk still runs"
+        gates[1].set()
+        assert futures[1].result(timeout=10) == halves[1].sum() + broadcast.sum()
+    assert _wait_for_no_segments() == []
+
+
 def test_shared_array_is_zero_filled_writable_and_freed_with_its_last_view() -> None:
     array = shared_array((BIG // 8 // 4, 4), dtype=np.float64)
     assert array.shape == (BIG // 32, 4)
