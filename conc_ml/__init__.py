@@ -7,7 +7,10 @@ from ._options import config as config
 from ._parallel import AsyncParallelFunction as AsyncParallelFunction
 from ._parallel import ParallelFunction as ParallelFunction
 from ._parallel import parallel as parallel
+from ._shared_memory import SharedMemoryFallbackWarning as SharedMemoryFallbackWarning
+from ._shared_memory import shared_array as shared_array
 from ._split import register_splitter as register_splitter
+from ._warm_up import warm_up as warm_up
 from .backends import available_backends as available_backends
 from .backends import register_backend as register_backend
 from .errors import BackendUnavailableError as BackendUnavailableError
@@ -30,6 +33,7 @@ __all__ = [
     "ParallelFunction",
     "ParityError",
     "SerializationError",
+    "SharedMemoryFallbackWarning",
     "SplitError",
     "WorkerCrashedError",
     "available_backends",
@@ -38,4 +42,6 @@ __all__ = [
     "parallel",
     "register_backend",
     "register_splitter",
+    "shared_array",
+    "warm_up",
 ]

@@ -1,0 +1,129 @@
+"""Paying for worker start and imports before the first call, not during it.
+
+A process pool's first call pays for starting the workers and for the imports that
+unpickling the user's function triggers in each of them (scikit-learn alone takes about a
+second). :func:`warm_up` starts the same pool the call will use and imports, in every
+worker, the modules the given functions refer to. With ``wait=False`` it returns at once,
+so the work overlaps with whatever the program does before its first call (loading data).
+
+It is explicit on purpose: starting processes as a side effect of decorating a function
+(at import time, during test collection, in a docs build) would surprise more users than
+it would help.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import importlib
+import os
+import sys
+import types
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+__all__ = ["modules_used_by", "warm_up"]
+
+#: imported in every worker whatever the functions: what running any chunk needs
+_ALWAYS = ("numpy", "cloudpickle", "conc_ml._runner", "conc_ml._shared_memory")
+
+
+def _code_names(code: types.CodeType) -> Iterator[str]:
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_names(const)
+
+
+def _module_of(value: Any) -> str | None:
+    if isinstance(value, types.ModuleType):
+        return value.__name__
+    module = getattr(value, "__module__", None)
+    if not isinstance(module, str):
+        module = getattr(type(value), "__module__", None)
+    return module if isinstance(module, str) else None
+
+
+def modules_used_by(func: Callable[..., Any]) -> list[str]:
+    """Names of the importable modules that ``func`` refers to (its globals, closure and own module).
+
+    :param func: a plain or ``@parallel`` function.
+    """
+    target = getattr(func, "__wrapped__", func)
+    found: set[str] = set()
+    own = getattr(target, "__module__", None)
+    if isinstance(own, str):
+        found.add(own)
+    code = getattr(target, "__code__", None)
+    namespace = getattr(target, "__globals__", {})
+    values: list[Any] = []
+    if isinstance(code, types.CodeType):
+        values += [namespace[name] for name in set(_code_names(code)) if name in namespace]
+    for cell in getattr(target, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):
+            values.append(cell.cell_contents)
+    for value in values:
+        module = _module_of(value)
+        if module is not None:
+            found.add(module)
+    # ``__main__`` is the caller's script, which workers must not run again.
+    return sorted(m for m in found if m not in ("__main__", "builtins") and m in sys.modules)
+
+
+def _import_in_worker(modules: tuple[str, ...]) -> int:
+    for name in (*_ALWAYS, *modules):
+        # A module that cannot be imported here fails the real call with a clear error; warming up must not.
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+    return os.getpid()
+
+
+def warm_up(
+    *functions: Callable[..., Any],
+    workers: int | None = None,
+    modules: Iterable[str] = (),
+    wait: bool = True,
+    timeout: float | None = 120,
+) -> None:
+    """Start the process pool now and import in each worker what ``functions`` need.
+
+    Call it at start-up (or at import of the module that defines the functions), with
+    ``wait=False`` to overlap it with loading data. A later call on the ``process`` backend
+    with the same number of workers then finds warm workers.
+
+    :param functions: ``@parallel`` (or plain) functions whose modules and globals' modules
+        are imported in the workers.
+    :param workers: pool size; default the first function's ``workers`` option, else the
+        usable CPUs. It must match the calls' pool size, or the pool is started again.
+    :param modules: further module names to import in the workers.
+    :param wait: wait until every worker has imported them; ``False`` returns at once.
+    :param timeout: seconds to wait when ``wait`` is true.
+    :raises ValueError: if ``workers`` is not a positive integer.
+    :raises TimeoutError: if the workers are not ready within ``timeout``.
+    """
+    from ._options import usable_cpus
+    from ._parallel import ParallelFunction
+    from .backends import get_backend
+
+    if workers is None:
+        first = functions[0] if functions else None
+        workers = first.resolved_options().resolved_workers() if isinstance(first, ParallelFunction) else usable_cpus()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    names = {name for func in functions for name in modules_used_by(func)}
+    names.update(modules)
+    wanted = tuple(sorted(names))
+    backend = get_backend("process")
+    executor = backend.open(workers, {})
+    try:
+        # One task per worker: an idle worker takes the next queued task, so each gets one
+        # while the others are busy importing.
+        futures = [executor.submit(_import_in_worker, wanted) for _ in range(workers)]
+        if wait:
+            done, pending = concurrent.futures.wait(futures, timeout=timeout)
+            if pending:
+                raise TimeoutError(f"warm_up: {len(pending)} of {workers} workers not ready after {timeout:g} s")
+            for future in done:
+                future.result()
+    finally:
+        backend.release(executor, abort=False, stop_running=False)

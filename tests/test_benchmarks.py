@@ -1,0 +1,71 @@
+"""The benchmark suite's own plumbing: options, memory accounting, the table (nothing timed here)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from benchmarks import memory
+from benchmarks.__main__ import _parse
+from benchmarks.report import markdown_table
+from benchmarks.workloads import RUNNERS, WORKLOADS, Settings, checksum, make_data
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--workers", "0"], "--workers must be a positive integer"),
+        (["--workloads", "train,nope"], "unknown workload"),
+        (["--runners", "dask"], "unknown runner"),
+    ],
+)
+def test_bad_options_are_refused_with_what_is_allowed(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        _parse(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_every_workload_names_known_runners_and_starts_with_the_loop() -> None:
+    for runners in WORKLOADS.values():
+        assert runners[0] == "sequential"
+        assert set(runners) <= set(RUNNERS)
+
+
+def test_shm_files_count_by_the_pid_in_their_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(memory, "SHM_FOLDER", str(tmp_path))
+    pid = os.getpid()
+    (tmp_path / f"conc-ml-{pid}-abc").write_bytes(b"x" * 8192)
+    (tmp_path / f"joblib_memmapping_folder_{pid}_x").mkdir()
+    (tmp_path / f"joblib_memmapping_folder_{pid}_x" / "a.pkl").write_bytes(b"y" * 4096)
+    (tmp_path / f"conc-ml-{pid}1-other").write_bytes(b"z" * 4096)
+    assert memory.shm_bytes_of([pid]) >= 8192 + 4096
+    assert memory.shm_bytes_of([pid]) < 8192 + 4096 + 4096
+    assert memory.shm_bytes_of([pid + 7]) == 0
+
+
+def test_the_small_workloads_give_the_loops_result_and_the_table_shows_parity() -> None:
+    settings = Settings(workers=1, tiny_items=50, broadcast_mb=1, broadcast_tasks=4)
+    rows = []
+    for workload in ("tiny", "broadcast"):
+        data = make_data(workload, settings)
+        result = RUNNERS["sequential"](workload, settings).run(data)
+        rows.append(
+            {
+                "workload": workload,
+                "label": "sequential",
+                "median_s": 0.5,
+                "first_s": 1.5,
+                "speedup": 1.0,
+                "first_speedup": 0.33,
+                "peak_pss_mib": 100.0,
+                "pss_ratio": 1.0,
+                "parity": checksum(workload, result, data) == checksum(workload, list(result), data),
+            }
+        )
+    table = markdown_table(rows, settings)
+    assert "**50 tiny items (x*x)** (1 workers)" in table
+    assert "| sequential | 500 ms | 1.00x | 1.50 s | 0.33x | 100 MiB | 1.00x | yes |" in table
