@@ -202,7 +202,13 @@ def iter_outcomes(call: PreparedCall) -> Iterator[tuple[Chunk, ChunkOutcome]]:
                 try:
                     outcome = future.result()
                 except concurrent.futures.CancelledError:
-                    continue
+                    # The engine cancels only after this loop: a cancel seen here came from
+                    # the backend, and a chunk without a result must never vanish silently.
+                    raise WorkerCrashedError(
+                        f"{_describe_chunk(chunk, call)} was cancelled by backend {call.backend_name!r} "
+                        "before it finished; no result came back for it",
+                        chunk=chunk.index,
+                    ) from None
                 except Exception as error:
                     _raise_translated(error, chunk, task, call, pending.values())
                     raise

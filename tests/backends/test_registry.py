@@ -106,3 +106,32 @@ def test_entry_point_backends_are_found(tmp_path: Path, monkeypatch: pytest.Monk
     func = parallel(backend="thirdparty", chunks=2)(total)
     assert func([1, 2, 3]) == [3, 3]
     assert type(get_backend("thirdparty")).__name__ == "ThirdParty"
+
+
+class CancellingExecutor(Executor):
+    """An executor that gives up on every chunk, as a cluster that drops tasks might."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        from concurrent.futures import Future
+
+        future: Future[Any] = Future()
+        future.cancel()
+        return future
+
+
+class CancellingBackend(RecordingBackend):
+    def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:
+        return CancellingExecutor()
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_a_chunk_cancelled_by_the_backend_is_an_error_not_a_gap() -> None:
+    from conc_ml import WorkerCrashedError
+
+    register_backend("cancelling", CancellingBackend)
+
+    def total(xs: list[int]) -> int:
+        return sum(xs)
+
+    with pytest.raises(WorkerCrashedError, match="cancelled by backend 'cancelling'"):
+        parallel(backend="cancelling", chunks=2)(total)([1, 2, 3])
