@@ -116,6 +116,7 @@ class CancellingExecutor(Executor):
 
         future: Future[Any] = Future()
         future.cancel()
+        future.set_running_or_notify_cancel()  # what an executor does when it drops a call
         return future
 
 
