@@ -1,5 +1,8 @@
 """conc-ml: make machine-learning code concurrent with one decorator, and prove it stays correct."""
 
+from ._io_bound import AsyncIOBoundFunction as AsyncIOBoundFunction
+from ._io_bound import IOBoundFunction as IOBoundFunction
+from ._io_bound import io_bound as io_bound
 from ._options import config as config
 from ._parallel import AsyncParallelFunction as AsyncParallelFunction
 from ._parallel import ParallelFunction as ParallelFunction
@@ -21,10 +24,12 @@ from .errors import WorkerCrashedError as WorkerCrashedError
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AsyncIOBoundFunction",
     "AsyncParallelFunction",
     "BackendUnavailableError",
     "ChunkTimeoutError",
     "ConcMLError",
+    "IOBoundFunction",
     "ParallelFunction",
     "ParityError",
     "SerializationError",
@@ -33,6 +38,7 @@ __all__ = [
     "WorkerCrashedError",
     "available_backends",
     "config",
+    "io_bound",
     "parallel",
     "register_backend",
     "register_splitter",

@@ -15,7 +15,7 @@ import math
 import pickle
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -193,7 +193,7 @@ def iter_outcomes(call: PreparedCall) -> Iterator[tuple[Chunk, ChunkOutcome]]:
         backend.release(executor, abort=abort, stop_running=stop_running)
 
 
-async def iter_outcomes_async(call: PreparedCall) -> AsyncIterator[tuple[Chunk, ChunkOutcome]]:
+async def iter_outcomes_async(call: PreparedCall) -> AsyncGenerator[tuple[Chunk, ChunkOutcome], None]:
     """Run the chunks of an ``async def`` function as tasks of the current event loop.
 
     At most ``workers`` chunks run at once. The first failure cancels the others and is
@@ -224,14 +224,19 @@ async def iter_outcomes_async(call: PreparedCall) -> AsyncIterator[tuple[Chunk, 
             async with anyio.create_task_group() as outer:
                 outer.start_soon(produce)
                 async with receive:
-                    async for chunk, outcome in receive:
-                        if outcome.failure is not None:
-                            outer.cancel_scope.cancel()
-                            raise_failure(outcome, chunk, call)
-                        completed += 1
-                        if progress is not None:
-                            progress.update(chunk.n_items)
-                        yield chunk, outcome
+                    try:
+                        async for chunk, outcome in receive:
+                            if outcome.failure is not None:
+                                outer.cancel_scope.cancel()
+                                raise_failure(outcome, chunk, call)
+                            completed += 1
+                            if progress is not None:
+                                progress.update(chunk.n_items)
+                            yield chunk, outcome
+                    except GeneratorExit:
+                        # The consumer closed the stream early: cancel the chunks still running
+                        # and end quietly (the task group would wrap GeneratorExit in a group).
+                        outer.cancel_scope.cancel()
     except TimeoutError as error:
         if isinstance(error, ChunkTimeoutError):
             raise

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 
 from . import _intercept
@@ -278,12 +281,13 @@ class AsyncParallelFunction(ParallelFunction[P, R]):
         if call.backend_name in ("async", "sequential"):
             if call.backend_name == "sequential":
                 call.workers = 1
-            async for chunk, outcome in iter_outcomes_async(call):
-                yield chunk.index, outcome.value
+            async with contextlib.aclosing(iter_outcomes_async(call)) as outcomes:
+                async for chunk, outcome in outcomes:
+                    yield chunk.index, outcome.value
             return
-        results = await _in_worker_thread(call, lambda: list(iter_outcomes(call)))
-        for chunk, outcome in results:
-            yield chunk.index, outcome.value
+        async with contextlib.aclosing(_stream_from_worker_thread(call)) as items:
+            async for item in items:
+                yield item
 
     def _run(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], *, intercept: bool = True, backend: str | None = None
@@ -303,6 +307,32 @@ class AsyncParallelFunction(ParallelFunction[P, R]):
             outcomes = [item async for item in iter_outcomes_async(call)]
             return _collect(call, iter(outcomes))
         return await _in_worker_thread(call, lambda: _collect(call, iter_outcomes(call)))
+
+
+async def _stream_from_worker_thread(call: PreparedCall) -> AsyncGenerator[tuple[int, Any], None]:
+    """Yield a pool backend's chunk results to async code as each chunk finishes."""
+    send, receive = anyio.create_memory_object_stream[tuple[int, Any]](math.inf)
+
+    def pump() -> None:
+        with send:
+            for chunk, outcome in iter_outcomes(call):
+                anyio.from_thread.run_sync(send.send_nowait, (chunk.index, outcome.value))
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(_in_worker_thread, call, pump)
+            try:
+                async with receive:
+                    async for item in receive:
+                        yield item
+            except GeneratorExit:
+                # Left early: stop submitting chunks and stop waiting for the thread.
+                call.cancelled.set()
+                group.cancel_scope.cancel()
+    except BaseExceptionGroup as group_error:
+        if len(group_error.exceptions) == 1:
+            raise group_error.exceptions[0] from None
+        raise
 
 
 async def _in_worker_thread(call: PreparedCall, work: Callable[[], R]) -> R:

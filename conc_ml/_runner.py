@@ -102,45 +102,45 @@ def describe_worker() -> str:
     return f"pid {os.getpid()}, thread {threading.current_thread().name!r}"
 
 
+def _chunk_kwargs(task: ChunkTask) -> dict[str, Any]:
+    if task.rng_param is None:
+        return task.kwargs
+    return {**task.kwargs, task.rng_param: np.random.default_rng(task.seed)}
+
+
+def _failed(task: ChunkTask, error: Exception) -> ChunkOutcome:
+    text = "".join(traceback.format_exception(error))
+    return ChunkOutcome(task.index, None, ChunkFailure(error, text), describe_worker())
+
+
 def run_chunk(task: ChunkTask) -> ChunkOutcome:
     """Run one chunk and capture its result or its exception.
 
+    An ``async def`` function gets an event loop of its own for the chunk.
     ``KeyboardInterrupt`` and ``SystemExit`` are not captured: they stop the worker.
     """
-    kwargs = task.kwargs
-    if task.rng_param is not None:
-        kwargs = {**kwargs, task.rng_param: np.random.default_rng(task.seed)}
+    if inspect.iscoroutinefunction(task.func):
+        import anyio
+
+        outcome: ChunkOutcome = anyio.run(run_chunk_async, task)
+        return outcome
     token = _inside_worker.set(True)
     try:
-        if inspect.iscoroutinefunction(task.func):
-            import anyio
-
-            value = anyio.run(_call_async, task.func, task.args, kwargs)
-        else:
-            value = task.func(*task.args, **kwargs)
-    except Exception as exc:
-        text = "".join(traceback.format_exception(exc))
-        return ChunkOutcome(task.index, None, ChunkFailure(exc, text), describe_worker())
+        value = task.func(*task.args, **_chunk_kwargs(task))
+    except Exception as error:
+        return _failed(task, error)
     finally:
         _inside_worker.reset(token)
     return ChunkOutcome(task.index, value, None, describe_worker())
 
 
-async def _call_async(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return await func(*args, **kwargs)
-
-
 async def run_chunk_async(task: ChunkTask) -> ChunkOutcome:
     """Await one chunk of an ``async def`` function in the current event loop."""
-    kwargs = task.kwargs
-    if task.rng_param is not None:
-        kwargs = {**kwargs, task.rng_param: np.random.default_rng(task.seed)}
     token = _inside_worker.set(True)
     try:
-        value = await task.func(*task.args, **kwargs)
-    except Exception as exc:
-        text = "".join(traceback.format_exception(exc))
-        return ChunkOutcome(task.index, None, ChunkFailure(exc, text), describe_worker())
+        value = await task.func(*task.args, **_chunk_kwargs(task))
+    except Exception as error:
+        return _failed(task, error)
     finally:
         _inside_worker.reset(token)
     return ChunkOutcome(task.index, value, None, describe_worker())

@@ -345,3 +345,63 @@ def test_leaving_a_stream_early_runs_no_further_chunks() -> None:
         if index == 1:
             break
     assert calls == [0, 1]
+
+
+def test_closing_an_async_stream_early_cancels_the_rest() -> None:
+    import contextlib
+
+    started: list[int] = []
+
+    async def slow_after_first(items: list[int]) -> list[int]:
+        started.append(items[0])
+        if items[0] != 0:
+            await anyio.sleep(30)
+        return items
+
+    func = parallel(backend="async", chunks=4)(slow_after_first)
+
+    async def first_only() -> list[tuple[int, list[int]]]:
+        seen = []
+        async with contextlib.aclosing(func.stream(list(range(8)))) as stream:
+            async for item in stream:
+                seen.append(item)
+                break
+        return seen
+
+    assert anyio.run(first_only) == [(0, [0, 1])]
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_async_function_streams_from_a_pool_backend(backend: str) -> None:
+    import contextlib
+
+    async def double(items: list[int]) -> list[int]:
+        await anyio.sleep(0)
+        return [2 * i for i in items]
+
+    func = parallel(backend=backend, chunks=3, workers=2)(double)
+
+    async def collect() -> dict[int, list[int]]:
+        return {i: r async for i, r in func.stream([1, 2, 3])}
+
+    async def first_only() -> int:
+        async with contextlib.aclosing(func.stream(list(range(9)))) as stream:
+            async for index, _ in stream:
+                return index
+        raise AssertionError("the stream yielded nothing")
+
+    assert anyio.run(collect) == {0: [2], 1: [4], 2: [6]}
+    assert anyio.run(first_only) in range(3)
+
+
+def test_async_stream_from_a_pool_backend_raises_the_users_error() -> None:
+    async def explode(items: list[int]) -> list[int]:
+        raise ArithmeticError("no")
+
+    func = parallel(backend="thread", chunks=2)(explode)
+
+    async def collect() -> list[tuple[int, list[int]]]:
+        return [item async for item in func.stream([1, 2])]
+
+    with pytest.raises(ArithmeticError, match="no"):
+        anyio.run(collect)

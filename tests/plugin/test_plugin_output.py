@@ -1,0 +1,260 @@
+"""Options, JSON, saved runs, comparison, plot and pytest-xdist of the conc-bench plugin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import pytest_conc_ml.plot
+from pytest_conc_ml.storage import commit_info
+
+# pytester's in-process runs drop the modules they import; importing these here keeps one
+# copy of each (numpy cannot load twice, and conc_ml's interceptor must be the one _parallel sees).
+for _module in (
+    "conc_ml._intercept",
+    "conc_ml.testing",
+    "conc_ml.backends._thread",
+    "matplotlib.figure",
+    "matplotlib.backends.backend_agg",
+    "matplotlib.backends.backend_svg",
+    "hypothesis",
+):
+    pytest.importorskip(_module)
+
+SQUARE_TEST = """
+    from conc_ml import parallel
+
+
+    @parallel(backend="thread", chunks=2, combine="concat")
+    def square(xs):
+        return [x * x for x in xs]
+
+
+    def test_square():
+        assert square([1, 2, 3, 4]) == [1, 4, 9, 16]
+"""
+
+FAST = ("--conc-bench", "--conc-bench-rounds=2", "--conc-bench-warmup=0")
+
+
+@pytest.fixture
+def square_test(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A pytester with one test calling one ``@parallel`` function."""
+    pytester.makepyfile(test_square=SQUARE_TEST)
+    return pytester
+
+
+def test_options_are_in_their_own_help_group(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(
+        [
+            "conc-ml: check parallel == sequential and measure speedups:",
+            "  --conc-bench *",
+            "  --conc-bench-rounds=N*",
+            "  --conc-bench-workers=1,2,4*",
+            "  --conc-bench-plot=PATH*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["  conc_bench (bool):*same as --conc-bench", "  conc_bench_rounds (string):*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--conc-bench-rounds=0"], "*--conc-bench-rounds must be an integer >= 1, got 0"),
+        (["--conc-bench", "--conc-bench-json="], "*--conc-bench-json needs a value, got an empty one"),
+        (["--conc-bench-warmup=x"], "*--conc-bench-warmup must be an integer >= 0, got 'x'"),
+        (["--conc-bench-min-speedup=-2"], "*--conc-bench-min-speedup must be a number >= 0, got '-2'"),
+        (["--conc-bench-rtol=nan"], "*--conc-bench-rtol must be a number >= 0, got 'nan'"),
+        (["--conc-bench-workers=1,0"], "*--conc-bench-workers must be an integer >= 1, got 0"),
+        (["--conc-bench-workers=2,2"], "*--conc-bench-workers lists a worker count twice: 2,2"),
+        (["--conc-bench-backends=thread,prcess"], "*--conc-bench-backends: unknown backend 'prcess'*"),
+        (["--conc-bench-backends=,"], "*--conc-bench-backends must list backend names*"),
+        (["--conc-bench", "--conc-bench-save=../up"], "*--conc-bench-save must be a name of letters*'../up'"),
+        (["--conc-bench", "--conc-bench-plot=speed.pdf"], "*--conc-bench-plot must end in .png or .svg, got*"),
+        (["--conc-bench-json=out.json"], "*--conc-bench-json needs --conc-bench (without it nothing is timed)"),
+        (["--conc-bench", "--conc-bench-compare-fail=5"], "*--conc-bench-compare-fail needs --conc-bench-compare*"),
+        (["--conc-bench", "--conc-bench-compare-fail=0", "--conc-bench-compare=x"], "*must be a number > 0*"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_bad_ini_value_names_the_ini_option(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nconc_bench_rounds = many\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini option conc_bench_rounds must be an integer >= 1, got 'many'"])
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pytest_conc_ml.plot, "matplotlib_missing", lambda: True)
+    result = pytester.runpytest("--conc-bench", "--conc-bench-plot=speed.png")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*needs matplotlib, which is not installed; install it with: pip install 'conc-ml[[]plot[]]'"]
+    )
+
+
+def test_json_holds_machine_commit_and_rows(square_test: pytest.Pytester) -> None:
+    result = square_test.runpytest(*FAST, "--conc-bench-json=reports/bench.json")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["conc-bench: JSON written to *reports/bench.json"])
+    data = json.loads((square_test.path / "reports" / "bench.json").read_text())
+    assert {"version", "datetime", "machine_info", "commit_info", "settings", "benchmarks"} <= set(data)
+    assert data["machine_info"]["cpu"]["usable"] >= 1
+    assert set(data["commit_info"]) >= {"id", "dirty"}
+    assert data["settings"]["rounds"] == 2
+    (row,) = data["benchmarks"]
+    assert row["name"] == "square"
+    assert row["fullname"] == "test_square.py::test_square::square"
+    assert (row["backend"], row["workers"], row["chunks"]) == ("thread", 2, 2)
+    for side in ("sequential", "parallel"):
+        stats = row[side]
+        assert set(stats) == {"min", "max", "mean", "median", "stddev", "iqr", "rounds"}
+        assert stats["rounds"] == 2
+        assert 0 < stats["min"] <= stats["median"] <= stats["max"]
+    assert row["speedup"] == pytest.approx(row["sequential"]["median"] / row["parallel"]["median"])
+    assert row["efficiency"] == pytest.approx(row["speedup"] / min(2, row["cpus"]))
+    assert row["parity"] == {"ok": True, "rtol": 0.0, "atol": 0.0, "max_difference": 0.0}
+
+
+def test_commit_info_of_a_git_checkout(tmp_path: Path) -> None:
+    assert commit_info(tmp_path) == {"id": None, "dirty": None, "branch": None}
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        return done.stdout.strip()
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("one\n")
+    git("init", "-q", "-b", "trunk")
+    git("add", "notes.txt")
+    git("commit", "-qm", "one")
+    assert commit_info(tmp_path) == {"id": git("rev-parse", "HEAD"), "dirty": False, "branch": "trunk"}
+    notes.write_text("two\n")
+    assert commit_info(tmp_path)["dirty"] is True
+
+
+def test_save_then_compare(square_test: pytest.Pytester) -> None:
+    saved = square_test.runpytest(*FAST, "--conc-bench-save=base")
+    saved.assert_outcomes(passed=1)
+    folder = square_test.path / ".conc_bench"
+    assert (folder / "base.json").is_file()
+    assert (folder / ".gitignore").read_text().splitlines()[-1] == "*"
+    saved.stdout.fnmatch_lines(["conc-bench: saved as 'base' (*base.json)"])
+
+    compared = square_test.runpytest(*FAST, "--conc-bench-compare=base")
+    compared.assert_outcomes(passed=1)
+    compared.stdout.fnmatch_lines(
+        [
+            "conc-bench: compared with saved run 'base'",
+            "name*backend*workers*chunks*speedup before*speedup now*change",
+            "test_square::square*thread*2*2*x*x*%",
+        ]
+    )
+
+
+def test_compare_fail_fails_the_run_on_a_regression(square_test: pytest.Pytester) -> None:
+    square_test.runpytest(*FAST, "--conc-bench-save=base").assert_outcomes(passed=1)
+    path = square_test.path / ".conc_bench" / "base.json"
+    data = json.loads(path.read_text())
+    # make the saved run a million times faster than anything this run can measure
+    data["benchmarks"][0]["sequential"]["median"] *= 1e6
+    path.write_text(json.dumps(data))
+    result = square_test.runpytest(*FAST, "--conc-bench-compare=base", "--conc-bench-compare-fail=10")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["conc-bench: REGRESSION test_square.py::test_square::square [[]thread, 2 workers[]]: speedup *(-*%, bar -10%)"]
+    )
+    # a bar the change stays within keeps the run green
+    data["benchmarks"][0]["sequential"]["median"] /= 1e6
+    path.write_text(json.dumps(data))
+    assert square_test.runpytest(*FAST, "--conc-bench-compare=base", "--conc-bench-compare-fail=1e9").ret == 0
+
+
+def test_compare_with_an_unknown_run_lists_the_saved_ones(square_test: pytest.Pytester) -> None:
+    square_test.runpytest(*FAST, "--conc-bench-save=first").assert_outcomes(passed=1)
+    result = square_test.runpytest(*FAST, "--conc-bench-compare=second")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*no run saved as 'second' in *.conc_bench; saved runs: first"])
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg"])
+def test_plot_of_a_worker_sweep(square_test: pytest.Pytester, suffix: str) -> None:
+    result = square_test.runpytest(*FAST, "--conc-bench-workers=1,2", f"--conc-bench-plot=out/speed{suffix}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"conc-bench: plot of 1 series written to *speed{suffix}"])
+    content = (square_test.path / "out" / f"speed{suffix}").read_bytes()
+    assert content.startswith(b"\x89PNG") if suffix == ".png" else b"<svg" in content
+
+
+def test_xdist_checks_parity_and_warns_once(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_a=SQUARE_TEST,
+        test_b="""
+            from conc_ml import parallel
+
+            _calls = iter(range(10**9))
+
+            @parallel(backend="thread", chunks=2, combine="concat")
+            def drifting(xs):
+                offset = next(_calls)
+                return [x + offset for x in xs]
+
+            def test_drifting():
+                drifting([1, 2, 3])
+
+            def test_more():
+                drifting([4, 5])
+        """,
+    )
+    result = pytester.runpytest_subprocess("-n", "2", "--conc-bench", "-p", "no:cacheprovider", timeout=100)
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*conc-bench: WARNING: timing is off under pytest-xdist*parity was still checked*",
+            "*test_drifting::drifting*-*FAIL*",
+        ]
+    )
+    assert result.stdout.str().count("timing is off under pytest-xdist") == 1
+    result.stdout.fnmatch_lines(["test_square::square * -  *-  *ok", "*timing was off*"])
+
+
+def test_a_run_without_calls_says_so(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_plain():\n    assert True\n")
+    result = pytester.runpytest("--conc-bench")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["conc-bench: the tests that ran made no @parallel call"])
+    result.stdout.no_fnmatch_line("*timing is off*")
+
+
+def test_a_run_without_the_flag_does_not_import_conc_ml(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import sys
+
+        import pytest_conc_ml.plugin
+
+        def test_lazy():
+            assert pytest_conc_ml.plugin.pytest_configure  # the plugin is loaded...
+            assert "conc_ml" not in sys.modules  # ...and conc_ml is not
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=100).assert_outcomes(passed=1)
