@@ -53,10 +53,11 @@ def markdown_table(results: list[dict[str, Any]], settings: Settings) -> str:
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for row in rows:
+            parity = "yes" if row["parity"] else "NO"
             lines.append(
                 f"| {row['label']} | {_seconds(row['median_s'])} | {row['speedup']:.2f}x "
                 f"| {_seconds(row['first_s'])} | {row['first_speedup']:.2f}x "
-                f"| {row['peak_memory_mib']:,.0f} MiB | {row['memory_ratio']:.2f}x | {'yes' if row['parity'] else 'NO'} |"
+                f"| {row['peak_memory_mib']:,.0f} MiB | {row['memory_ratio']:.2f}x | {parity} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -320,8 +320,19 @@ def test_a_missing_dev_shm_falls_back_to_the_temporary_folder_with_one_warning(
     assert _segments(str(tmp_path)) == []
 
 
+def test_an_array_that_fits_a_small_dev_shm_with_room_to_spare_goes_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_shared_memory, "_shm_space", lambda: (60 << 20, 64 << 20))
+    monkeypatch.setattr(_shared_memory, "_fallback_warned", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        array = shared_array(BIG // 8)
+    assert len(_segments()) == 1
+    del array
+
+
 def test_a_small_dev_shm_falls_back_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(_shared_memory, "SHM_HEADROOM", 1 << 62)
+    # Docker's default: 64 MB, 3 MB of it free
+    monkeypatch.setattr(_shared_memory, "_shm_space", lambda: (3 << 20, 64 << 20))
     monkeypatch.setattr(_shared_memory, "_fallback_warned", False)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.warns(conc_ml.SharedMemoryFallbackWarning, match=r"MiB free"):
