@@ -15,7 +15,7 @@ import math
 import pickle
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from typing import Any
 
 import anyio
@@ -24,7 +24,7 @@ from ._options import ParallelOptions
 from ._runner import ChunkOutcome, ChunkTask, run_chunk, run_chunk_async
 from ._split import Chunk, ChunkPlan
 from .backends import Backend
-from .errors import ChunkTimeoutError, RemoteTraceback, SerializationError
+from .errors import ChunkTimeoutError, RemoteTraceback, SerializationError, WorkerCrashedError
 
 __all__ = ["PreparedCall", "iter_outcomes", "iter_outcomes_async"]
 
@@ -122,6 +122,30 @@ def _timeout_error(call: PreparedCall, done: int) -> ChunkTimeoutError:
     )
 
 
+def _note_chunks_in_flight(error: WorkerCrashedError, chunk: Chunk, others: Iterable[tuple[Chunk, ChunkTask]]) -> None:
+    # A broken pool fails every pending future alike: the one reported first is not
+    # necessarily the chunk whose worker died, so say which ones it may have been.
+    in_flight = sorted([chunk.index, *(other.index for other, _ in others)])
+    if len(in_flight) > 1:
+        error.add_note(
+            f"conc-ml: chunks {', '.join(map(str, in_flight))} were in flight when the worker died; "
+            "any of them may be the one that crashed it"
+        )
+
+
+def _raise_translated(
+    error: Exception, chunk: Chunk, task: ChunkTask, call: PreparedCall, others: Iterable[tuple[Chunk, ChunkTask]]
+) -> None:
+    """Raise the conc-ml error for a failure of the backend, if it is one; else return."""
+    translated = call.backend.translate_error(error, chunk.index)
+    if translated is not None:
+        if isinstance(translated, WorkerCrashedError):
+            _note_chunks_in_flight(translated, chunk, others)
+        raise translated from error
+    if _is_pickling_error(error):
+        raise _serialization_error(error, chunk, task, call) from error
+
+
 def iter_outcomes(call: PreparedCall) -> Iterator[tuple[Chunk, ChunkOutcome]]:
     """Run the chunks of ``call`` and yield each one's outcome as it finishes.
 
@@ -144,12 +168,26 @@ def iter_outcomes(call: PreparedCall) -> Iterator[tuple[Chunk, ChunkOutcome]]:
         exhausted = False
         while True:
             while not exhausted and len(pending) < window and not call.cancelled.is_set():
+                # Checked here too because a backend that runs chunks inline (sequential)
+                # finishes each one before ``wait`` below could ever time out.
+                if deadline is not None and time.monotonic() >= deadline:
+                    stop_running = backend.can_stop_running
+                    raise _timeout_error(call, completed)
                 chunk = next(chunks, None)
                 if chunk is None:
                     exhausted = True
                     break
                 task = call.make_task(chunk)
-                pending[executor.submit(run_chunk, task)] = (chunk, task)
+                try:
+                    future = executor.submit(run_chunk, task)
+                except Exception as error:
+                    # A pool that broke since the last chunk was sent (a worker died
+                    # running an earlier chunk) refuses new ones: report that chunk's crash.
+                    in_flight = sorted(pending.values(), key=lambda item: item[0].index)
+                    crashed, crashed_task = in_flight[0] if in_flight else (chunk, task)
+                    _raise_translated(error, crashed, crashed_task, call, in_flight[1:])
+                    raise
+                pending[future] = (chunk, task)
             if not pending or call.cancelled.is_set():
                 break
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -166,11 +204,7 @@ def iter_outcomes(call: PreparedCall) -> Iterator[tuple[Chunk, ChunkOutcome]]:
                 except concurrent.futures.CancelledError:
                     continue
                 except Exception as error:
-                    translated = backend.translate_error(error, chunk.index)
-                    if translated is not None:
-                        raise translated from error
-                    if _is_pickling_error(error):
-                        raise _serialization_error(error, chunk, task, call) from error
+                    _raise_translated(error, chunk, task, call, pending.values())
                     raise
                 if outcome.failure is not None:
                     raise_failure(outcome, chunk, call)
@@ -182,8 +216,11 @@ def iter_outcomes(call: PreparedCall) -> Iterator[tuple[Chunk, ChunkOutcome]]:
     except BaseException as error:
         # Ctrl-C (and a timeout, above) stops running chunks where the backend can. A
         # user's error, a crash, or a ``break`` out of ``.stream`` only drops what is queued.
+        # On Ctrl-C every backend is asked, even one that cannot stop chunks cleanly: the
+        # thread backend then interrupts its threads, which would otherwise keep the
+        # interpreter from exiting until their chunks end.
         if not isinstance(error, Exception | GeneratorExit):
-            stop_running = backend.can_stop_running
+            stop_running = True
         raise
     finally:
         for future in pending:

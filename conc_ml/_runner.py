@@ -66,25 +66,41 @@ class ChunkFailure:
         self.traceback_text = traceback_text
 
     def __reduce__(self) -> tuple[Any, ...]:
+        error_type = type(self.error)
+        type_name = f"{error_type.__module__}.{error_type.__qualname__}"
+        try:
+            text = str(self.error)
+        except Exception:
+            text = "<str() of the exception failed>"
         try:
             payload = cloudpickle.dumps(self.error)
             cloudpickle.loads(payload)
         except Exception as pickling_error:
-            error_type = type(self.error)
-            type_name = f"{error_type.__module__}.{error_type.__qualname__}"
-            replacement = UnpicklableRemoteError(
-                f"the worker raised {type_name}: {self.error}; it could not be sent back to the caller "
-                f"({type(pickling_error).__name__}: {pickling_error}). Make the exception picklable "
-                "(its __init__ must accept its args, or define __reduce__)",
-                type_name=type_name,
-                traceback_text=self.traceback_text,
-            )
-            payload = cloudpickle.dumps(replacement)
-        return (_rebuild_failure, (payload, self.traceback_text))
+            payload = cloudpickle.dumps(_unpicklable_error(type_name, text, self.traceback_text, pickling_error))
+        return (_rebuild_failure, (payload, self.traceback_text, type_name, text))
 
 
-def _rebuild_failure(payload: bytes, traceback_text: str) -> ChunkFailure:
-    return ChunkFailure(cloudpickle.loads(payload), traceback_text)
+def _unpicklable_error(
+    type_name: str, text: str, traceback_text: str, pickling_error: BaseException
+) -> UnpicklableRemoteError:
+    return UnpicklableRemoteError(
+        f"the worker raised {type_name}: {text}; it could not be sent back to the caller "
+        f"({type(pickling_error).__name__}: {pickling_error}). Make the exception picklable "
+        "(its __init__ must accept its args, or define __reduce__) and its class importable in the caller",
+        type_name=type_name,
+        traceback_text=traceback_text,
+    )
+
+
+def _rebuild_failure(payload: bytes, traceback_text: str, type_name: str = "", text: str = "") -> ChunkFailure:
+    # The round trip was checked in the worker, but the caller may still be unable to
+    # load the class (a module only the worker can import): failing here would break
+    # the whole pool and lose the other chunks, so the failure is rebuilt as text.
+    try:
+        error = cloudpickle.loads(payload)
+    except Exception as loading_error:
+        error = _unpicklable_error(type_name or "an exception", text, traceback_text, loading_error)
+    return ChunkFailure(error, traceback_text)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

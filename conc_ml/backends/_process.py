@@ -9,6 +9,7 @@ loky starts them with, so that workers x inner threads <= CPUs.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from concurrent.futures import Executor
 from typing import Any, ClassVar
 
 from .._options import usable_cpus
-from ..errors import WorkerCrashedError
+from ..errors import SerializationError, WorkerCrashedError
 
 __all__ = ["ProcessBackend", "inner_thread_env"]
 
@@ -46,6 +47,23 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
+def _unblock_call_queue(call_queue: Any) -> None:
+    """Let the feeder thread of a dead pool's call queue end, so that it frees its pipe.
+
+    The feeder thread writes pickled tasks into a pipe that the workers read. When they
+    are killed with a task larger than the pipe's buffer half-sent, nobody reads the rest
+    and the thread blocks in ``write`` for good, keeping the pipe's two descriptors and the
+    queue's semaphores (found by ``benchmarks/soak.py``: one thread, two fds and three
+    ``/dev/shm`` entries per timeout or crash). This process still holds the pipe's read
+    end; closing it makes the write fail with EPIPE once the workers are gone, and the
+    thread ends. The pool is dead, so nothing else reads from that end.
+    """
+    reader = getattr(call_queue, "_reader", None)
+    if reader is not None:
+        with contextlib.suppress(OSError):
+            reader.close()
+
+
 class ProcessBackend:
     """Chunks on loky's reusable process pool."""
 
@@ -71,11 +89,16 @@ class ProcessBackend:
         sharing = executor if isinstance(executor, SharingExecutor) else None
         if sharing is not None:
             executor = sharing.pool
+        call_queue = getattr(executor, "_call_queue", None)
         try:
             if stop_running:
                 # The only way to stop a chunk that is running in a process; loky builds a
                 # fresh pool on the next call.
                 executor.shutdown(wait=True, kill_workers=True)  # type: ignore[call-arg]
+                _unblock_call_queue(call_queue)
+            elif abort and getattr(getattr(executor, "_flags", None), "broken", None) is not None:
+                # A worker died: loky kills the others and drops this pool.
+                _unblock_call_queue(call_queue)
         finally:
             if sharing is not None:
                 # Segments go once the chunks still running are done (at once after a kill).
@@ -86,7 +109,22 @@ class ProcessBackend:
 
         if not isinstance(error, BrokenProcessPool):
             return None
-        codes = [int(c) for c in re.findall(r"\((-?\d+)\)", str(error))]
+        text = str(error)
+        # loky breaks the pool when a task or a result cannot be unpickled on the other
+        # side (it pickled fine here): that is bad input, not a crash.
+        if "task has failed to un-serialize" in text:
+            return SerializationError(
+                f"an argument of chunk {chunk} (or of a chunk sent with it) was pickled but cannot be "
+                "unpickled in the worker (see the cause below); pass objects whose class the worker can "
+                "import and rebuild, or use backend='thread'"
+            )
+        if "result has failed to un-serialize" in text:
+            return SerializationError(
+                f"the result of chunk {chunk} (or of a chunk running with it) cannot be unpickled in the "
+                "caller (see the cause below); return plain data whose class the caller can import, "
+                "or use backend='thread'"
+            )
+        codes = [int(c) for c in re.findall(r"\((-?\d+)\)", text)]
         exitcode = codes[0] if codes else None
         if exitcode is None:
             how = "with an unknown exit code"
@@ -101,7 +139,8 @@ class ProcessBackend:
                 "(smaller pieces) or fewer workers"
             )
         return WorkerCrashedError(
-            f"a worker process died while running chunk {chunk}, {how}{hint}. The pool is rebuilt for the next call",
+            f"a worker process died while chunk {chunk} was in flight, {how}{hint}. "
+            "The pool is rebuilt for the next call",
             chunk=chunk,
             exitcode=exitcode,
         )

@@ -8,13 +8,56 @@ for the duration of the call.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
+import ctypes
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, ClassVar
 
 from .._options import usable_cpus
 
-__all__ = ["ThreadBackend"]
+__all__ = ["InterruptibleThreadPool", "ThreadBackend"]
+
+
+class InterruptibleThreadPool(ThreadPoolExecutor):
+    """A thread pool that can raise :class:`KeyboardInterrupt` in the calls it is running.
+
+    Threads cannot be killed, and the interpreter waits for a pool's threads before it
+    exits: without this, Ctrl-C during a long chunk would leave the process hanging
+    until the chunk ended.
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = ""):
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self._running: set[int] = set()
+        self._running_lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Schedule ``fn(*args, **kwargs)``, remembering which thread runs it."""
+        return super().submit(self._run_tracked, fn, *args, **kwargs)
+
+    def _run_tracked(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        ident = threading.get_ident()
+        with self._running_lock:
+            self._running.add(ident)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            # Under the lock, so that an interrupt sent while the call ends is still
+            # raised in this frame (caught by the pool), never in the pool's own loop.
+            with self._running_lock:
+                self._running.discard(ident)
+
+    def interrupt_running(self) -> int:
+        """Raise :class:`KeyboardInterrupt` in every call still running; return how many.
+
+        The exception arrives at the thread's next Python instruction: a call blocked
+        inside C code (a sleep, a lock, one long BLAS call) stops when that returns.
+        """
+        with self._running_lock:
+            for ident in self._running:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
+            return len(self._running)
 
 
 class ThreadBackend:
@@ -29,7 +72,7 @@ class ThreadBackend:
         self._limits: dict[int, Any] = {}
 
     def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:
-        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="conc-ml-thread")
+        executor = InterruptibleThreadPool(max_workers=workers, thread_name_prefix="conc-ml-thread")
         if workers > 1:
             from threadpoolctl import threadpool_limits
 
@@ -39,7 +82,10 @@ class ThreadBackend:
     def release(self, executor: Executor, *, abort: bool, stop_running: bool) -> None:
         try:
             # Threads cannot be killed: on abort, queued chunks are dropped and the
-            # caller does not wait for the running ones, which end with their chunk.
+            # caller does not wait for the running ones, which end with their chunk. On
+            # Ctrl-C they are interrupted too, so that the process can exit.
+            if stop_running and isinstance(executor, InterruptibleThreadPool):
+                executor.interrupt_running()
             executor.shutdown(wait=not abort, cancel_futures=True)
         finally:
             limits = self._limits.pop(id(executor), None)
