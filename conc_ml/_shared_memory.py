@@ -60,8 +60,8 @@ MIN_SHARED_BYTES = 1 << 20
 SEGMENT_PREFIX = "conc-ml-"
 #: the RAM-backed folder segments go to when it has room
 SHM_FOLDER = "/dev/shm"
-#: free space left in ``/dev/shm`` for everybody else (at most a tenth of its size)
-SHM_HEADROOM = 64 << 20
+#: free space left in ``/dev/shm`` for everybody else (small enough for Docker's default 64 MB)
+SHM_HEADROOM = 8 << 20
 
 
 class SharedMemoryFallbackWarning(RuntimeWarning):
@@ -72,23 +72,20 @@ _fallback_warned = False
 _fallback_lock = threading.Lock()
 
 
-def _shm_space() -> tuple[int, int] | None:
-    """Free and total bytes of ``/dev/shm``, or ``None`` when there is none."""
+def _shm_free_bytes() -> int | None:
+    """Free bytes in ``/dev/shm``, or ``None`` when there is none."""
     try:
         stats = os.statvfs(SHM_FOLDER)
     except OSError:
         return None
-    return stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize
+    return stats.f_bavail * stats.f_frsize
 
 
 def _segment_folder(nbytes: int) -> str:
-    space = _shm_space()
-    if space is not None:
-        free, total = space
-        # A small /dev/shm (Docker's 64 MB) still takes arrays that fit with room to spare.
-        if free >= nbytes + min(SHM_HEADROOM, total // 10):
-            return SHM_FOLDER
-    _warn_fallback(nbytes, None if space is None else space[0])
+    free = _shm_free_bytes()
+    if free is not None and free >= nbytes + SHM_HEADROOM:
+        return SHM_FOLDER
+    _warn_fallback(nbytes, free)
     return tempfile.gettempdir()
 
 

@@ -321,7 +321,8 @@ def test_a_missing_dev_shm_falls_back_to_the_temporary_folder_with_one_warning(
 
 
 def test_an_array_that_fits_a_small_dev_shm_with_room_to_spare_goes_there(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_shared_memory, "_shm_space", lambda: (60 << 20, 64 << 20))
+    # Docker's default 64 MB, nearly all free
+    monkeypatch.setattr(_shared_memory, "_shm_free_bytes", lambda: 60 << 20)
     monkeypatch.setattr(_shared_memory, "_fallback_warned", False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -331,8 +332,8 @@ def test_an_array_that_fits_a_small_dev_shm_with_room_to_spare_goes_there(monkey
 
 
 def test_a_small_dev_shm_falls_back_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # Docker's default: 64 MB, 3 MB of it free
-    monkeypatch.setattr(_shared_memory, "_shm_space", lambda: (3 << 20, 64 << 20))
+    # Docker's default 64 MB, 3 MB of it free
+    monkeypatch.setattr(_shared_memory, "_shm_free_bytes", lambda: 3 << 20)
     monkeypatch.setattr(_shared_memory, "_fallback_warned", False)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.warns(conc_ml.SharedMemoryFallbackWarning, match=r"MiB free"):
