@@ -62,7 +62,7 @@ def _run_child(workload: str, runner: str, settings: Settings, rounds: int) -> d
     if process.returncode != 0 or not lines:
         raise RuntimeError(f"{workload}/{runner} failed (exit code {process.returncode}):\n{stderr}")
     record: dict[str, Any] = json.loads(lines[-1][len(RESULT_PREFIX) :])
-    record["peak_pss_mib"] = memory.peak_bytes / (1 << 20)
+    record["peak_memory_mib"] = memory.peak_bytes / (1 << 20)
     record["stderr"] = stderr.strip()
     return record
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             row["speedup"] = baseline["median_s"] / row["median_s"]
             row["first_speedup"] = baseline["median_s"] / row["first_s"]
-            row["pss_ratio"] = row["peak_pss_mib"] / baseline["peak_pss_mib"]
+            row["memory_ratio"] = row["peak_memory_mib"] / baseline["peak_memory_mib"]
             row["parity"] = row["checksum"] == baseline["checksum"]
         results += rows
     print(markdown_table(results, settings))

@@ -42,21 +42,22 @@ def _seconds(value: float) -> str:
 
 
 def markdown_table(results: list[dict[str, Any]], settings: Settings) -> str:
-    """One table per workload: warm and first-call time, speedup over the loop, peak PSS."""
+    """One table per workload: warm and first-call time, speedup over the loop, peak memory."""
     lines: list[str] = []
     for workload in dict.fromkeys(r["workload"] for r in results):
         rows = [r for r in results if r["workload"] == workload]
         lines += [
             f"**{WORKLOAD_TITLES[workload].format(**vars(settings))}** ({settings.workers} workers)",
             "",
-            "| runner | warm (median) | speedup | first call | speedup | peak PSS | vs loop | same result |",
+            "| runner | warm (median) | speedup | first call | speedup | peak memory | vs loop | same result |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for row in rows:
+            parity = "yes" if row["parity"] else "NO"
             lines.append(
                 f"| {row['label']} | {_seconds(row['median_s'])} | {row['speedup']:.2f}x "
                 f"| {_seconds(row['first_s'])} | {row['first_speedup']:.2f}x "
-                f"| {row['peak_pss_mib']:,.0f} MiB | {row['pss_ratio']:.2f}x | {'yes' if row['parity'] else 'NO'} |"
+                f"| {row['peak_memory_mib']:,.0f} MiB | {row['memory_ratio']:.2f}x | {parity} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -91,11 +92,11 @@ def write_chart(path: Path, results: list[dict[str, Any]], settings: Settings) -
         top.set_title(WORKLOAD_TITLES[workload].format(**vars(settings)), fontsize=9)
         top.set_xlabel("speedup over the sequential loop (higher is better)")
         top.legend(fontsize=8)
-        bottom.barh(list(positions), [r["pss_ratio"] for r in rows], color="tab:purple")
+        bottom.barh(list(positions), [r["memory_ratio"] for r in rows], color="tab:purple")
         bottom.axvline(1, color="grey", linewidth=0.8)
         bottom.set_yticks(list(positions), labels)
         bottom.invert_yaxis()
-        bottom.set_xlabel("peak PSS of the process tree / sequential's (lower is better)")
+        bottom.set_xlabel("peak memory of the process tree / sequential's (lower is better)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

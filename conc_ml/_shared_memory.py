@@ -60,8 +60,8 @@ MIN_SHARED_BYTES = 1 << 20
 SEGMENT_PREFIX = "conc-ml-"
 #: the RAM-backed folder segments go to when it has room
 SHM_FOLDER = "/dev/shm"
-#: free space left in ``/dev/shm`` for everybody else
-SHM_HEADROOM = 64 << 20
+#: free space left in ``/dev/shm`` for everybody else (small enough for Docker's default 64 MB)
+SHM_HEADROOM = 8 << 20
 
 
 class SharedMemoryFallbackWarning(RuntimeWarning):
@@ -72,15 +72,19 @@ _fallback_warned = False
 _fallback_lock = threading.Lock()
 
 
-def _segment_folder(nbytes: int) -> str:
+def _shm_free_bytes() -> int | None:
+    """Free bytes in ``/dev/shm``, or ``None`` when there is none."""
     try:
         stats = os.statvfs(SHM_FOLDER)
     except OSError:
-        free = None
-    else:
-        free = stats.f_bavail * stats.f_frsize
-        if free >= nbytes + SHM_HEADROOM:
-            return SHM_FOLDER
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def _segment_folder(nbytes: int) -> str:
+    free = _shm_free_bytes()
+    if free is not None and free >= nbytes + SHM_HEADROOM:
+        return SHM_FOLDER
     _warn_fallback(nbytes, free)
     return tempfile.gettempdir()
 

@@ -61,8 +61,8 @@ def test_the_small_workloads_give_the_loops_result_and_the_table_shows_parity() 
                 "first_s": 1.5,
                 "speedup": 1.0,
                 "first_speedup": 0.33,
-                "peak_pss_mib": 100.0,
-                "pss_ratio": 1.0,
+                "peak_memory_mib": 100.0,
+                "memory_ratio": 1.0,
                 "parity": checksum(workload, result, data) == checksum(workload, list(result), data),
             }
         )

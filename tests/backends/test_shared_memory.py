@@ -34,13 +34,17 @@ def _segments(folder: str = _shared_memory.SHM_FOLDER) -> list[str]:
     return glob.glob(os.path.join(folder, f"{_shared_memory.SEGMENT_PREFIX}{os.getpid()}-*"))
 
 
-def _wait_for_no_segments(folder: str = _shared_memory.SHM_FOLDER, timeout: float = 10.0) -> list[str]:
-    # After a crash loky fails the other chunks from its own thread, a moment after the
-    # caller has seen the first failure: poll, bounded.
+def _wait_for_segments(count: int, folder: str = _shared_memory.SHM_FOLDER, timeout: float = 10.0) -> list[str]:
+    # A future is done before its callbacks (which delete segments) have run, and after a
+    # crash loky fails the other chunks from its own thread: poll, bounded.
     deadline = time.monotonic() + timeout
-    while (left := _segments(folder)) and time.monotonic() < deadline:
+    while len(left := _segments(folder)) != count and time.monotonic() < deadline:
         time.sleep(0.01)
     return left
+
+
+def _wait_for_no_segments(folder: str = _shared_memory.SHM_FOLDER, timeout: float = 10.0) -> list[str]:
+    return _wait_for_segments(0, folder, timeout)
 
 
 @pytest.fixture(autouse=True)
@@ -223,18 +227,22 @@ def test_a_chunks_own_segment_goes_when_it_is_done_a_broadcast_one_when_the_call
 
     with ThreadPoolExecutor(2) as pool:
         sharing = SharingExecutor(pool)
-        futures = [
-            sharing.submit(run, ChunkTask(func=sum, args=(half, broadcast), kwargs={}, index=i))
-            for i, half in enumerate(halves)
-        ]
-        assert len(_segments()) == 3
-        gates[0].set()
-        assert futures[0].result(timeout=10) == halves[0].sum() + broadcast.sum()
-        assert len(_segments()) == 2, "the first half's segment should be gone, the broadcast one kept"
-        sharing.close()
-        assert len(_segments()) == 2, "the second chunk still runs"
-        gates[1].set()
-        assert futures[1].result(timeout=10) == halves[1].sum() + broadcast.sum()
+        try:
+            futures = [
+                sharing.submit(run, ChunkTask(func=sum, args=(half, broadcast), kwargs={}, index=i))
+                for i, half in enumerate(halves)
+            ]
+            assert len(_segments()) == 3
+            gates[0].set()
+            assert futures[0].result(timeout=10) == halves[0].sum() + broadcast.sum()
+            assert len(_wait_for_segments(2)) == 2, "the first half's segment should be gone, the broadcast one kept"
+            sharing.close()
+            assert len(_segments()) == 2, "the second chunk still runs"
+            gates[1].set()
+            assert futures[1].result(timeout=10) == halves[1].sum() + broadcast.sum()
+        finally:
+            for gate in gates:
+                gate.set()
     assert _wait_for_no_segments() == []
 
 
@@ -312,8 +320,20 @@ def test_a_missing_dev_shm_falls_back_to_the_temporary_folder_with_one_warning(
     assert _segments(str(tmp_path)) == []
 
 
+def test_an_array_that_fits_a_small_dev_shm_with_room_to_spare_goes_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Docker's default 64 MB, nearly all free
+    monkeypatch.setattr(_shared_memory, "_shm_free_bytes", lambda: 60 << 20)
+    monkeypatch.setattr(_shared_memory, "_fallback_warned", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        array = shared_array(BIG // 8)
+    assert len(_segments()) == 1
+    del array
+
+
 def test_a_small_dev_shm_falls_back_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(_shared_memory, "SHM_HEADROOM", 1 << 62)
+    # Docker's default 64 MB, 3 MB of it free
+    monkeypatch.setattr(_shared_memory, "_shm_free_bytes", lambda: 3 << 20)
     monkeypatch.setattr(_shared_memory, "_fallback_warned", False)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.warns(conc_ml.SharedMemoryFallbackWarning, match=r"MiB free"):
