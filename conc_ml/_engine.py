@@ -15,7 +15,7 @@ import math
 import pickle
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from typing import Any
 
 import anyio
@@ -146,7 +146,7 @@ def _raise_translated(
         raise _serialization_error(error, chunk, task, call) from error
 
 
-def iter_outcomes(call: PreparedCall) -> Iterator[tuple[Chunk, ChunkOutcome]]:
+def iter_outcomes(call: PreparedCall) -> Generator[tuple[Chunk, ChunkOutcome], None, None]:
     """Run the chunks of ``call`` and yield each one's outcome as it finishes.
 
     Chunks are submitted lazily, at most ``max_in_flight_per_worker x workers`` at a

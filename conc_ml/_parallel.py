@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 
 from . import _intercept
@@ -310,29 +308,31 @@ class AsyncParallelFunction(ParallelFunction[P, R]):
 
 
 async def _stream_from_worker_thread(call: PreparedCall) -> AsyncGenerator[tuple[int, Any], None]:
-    """Yield a pool backend's chunk results to async code as each chunk finishes."""
-    send, receive = anyio.create_memory_object_stream[tuple[int, Any]](math.inf)
+    """Yield a pool backend's chunk results to async code as each chunk finishes.
 
-    def pump() -> None:
-        with send:
-            for chunk, outcome in iter_outcomes(call):
-                anyio.from_thread.run_sync(send.send_nowait, (chunk.index, outcome.value))
-
+    Each outcome is fetched by a short worker-thread call, so no thread is ever left
+    waiting on an event loop that has gone (as a long-lived pump thread would be when the
+    consumer leaves early).
+    """
+    outcomes = iter_outcomes(call)
+    fetching = False
     try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(_in_worker_thread, call, pump)
-            try:
-                async with receive:
-                    async for item in receive:
-                        yield item
-            except GeneratorExit:
-                # Left early: stop submitting chunks and stop waiting for the thread.
-                call.cancelled.set()
-                group.cancel_scope.cancel()
-    except BaseExceptionGroup as group_error:
-        if len(group_error.exceptions) == 1:
-            raise group_error.exceptions[0] from None
-        raise
+        while True:
+            fetching = True
+            item = await anyio.to_thread.run_sync(next, outcomes, None, abandon_on_cancel=True)
+            fetching = False
+            if item is None:
+                return
+            chunk, outcome = item
+            yield chunk.index, outcome.value
+    finally:
+        if fetching:
+            # Cancelled while a thread is inside next(): it ends at the chunk it waits for,
+            # then sees the flag, stops submitting and releases the executor.
+            call.cancelled.set()
+        else:
+            # Finished, failed or left early between chunks: drop the queued chunks now.
+            await anyio.to_thread.run_sync(outcomes.close)
 
 
 async def _in_worker_thread(call: PreparedCall, work: Callable[[], R]) -> R:

@@ -405,3 +405,30 @@ def test_async_stream_from_a_pool_backend_raises_the_users_error() -> None:
 
     with pytest.raises(ArithmeticError, match="no"):
         anyio.run(collect)
+
+
+def test_leaving_async_streams_early_lets_the_interpreter_exit() -> None:
+    # A thread left waiting on a finished event loop keeps Python from exiting: run the
+    # scenario in its own interpreter and require that it ends.
+    script = """
+import contextlib
+import anyio
+from conc_ml import parallel
+
+async def double(items):
+    # Later chunks finish after the consumer has left and its event loop has ended.
+    await anyio.sleep(0.05 * items[0])
+    return [2 * i for i in items]
+
+async def first(func):
+    async with contextlib.aclosing(func.stream(list(range(12)))) as stream:
+        async for index, _ in stream:
+            return index
+
+for backend in ("thread", "process", "async", "sequential"):
+    anyio.run(first, parallel(backend=backend, chunks=6, workers=2)(double))
+print("done")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "done"
