@@ -47,6 +47,48 @@ class InterceptedCall:
         """Run the call with the sequential backend: the reference result."""
         return self.function.options(**overrides)._run(self.args, self.kwargs, intercept=False, backend="sequential")
 
+    def shape(self, **overrides: Any) -> tuple[str, int, int | None]:
+        """Backend, workers and chunk count that :meth:`run` with ``overrides`` uses.
+
+        The chunk count is ``None`` for an iterator cut lazily by ``chunk_size``. Call it on
+        a :meth:`replayable` call: counting chunks reads iterators passed with ``chunks=``.
+        """
+        function = self.function.options(**overrides)
+        options = function.resolved_options()
+        try:
+            prepared = function._prepare(self.args, self.kwargs, options, None)
+        except Exception:
+            # The run itself reports a bad call; the shape then shows what the options say.
+            return options.backend, options.resolved_workers(), options.chunks
+        return prepared.backend_name, prepared.workers, prepared.plan.n_chunks
+
+    def replayable(self) -> InterceptedCall | None:
+        """This call with lazy split arguments made lists, or ``None`` if it cannot be rerun.
+
+        Lazy chunks are lists, so cutting the materialised list gives the same chunks. An
+        iterator passed whole (not split) cannot be given twice: then ``None``.
+        """
+        from ._parallel import _resolve_split_names
+        from ._split import is_lazy_iterable
+
+        function = self.function
+        try:
+            bound = function._call_signature.bind(*self.args, **self.kwargs)
+            split_names = _resolve_split_names(function._signature, self.options.split, function._name)
+        except (TypeError, ValueError):
+            return self  # the run raises the user's error
+        changed = False
+        for split_name in split_names:
+            value = bound.arguments.get(split_name)
+            if value is not None and is_lazy_iterable(value):
+                bound.arguments[split_name] = list(value)
+                changed = True
+        if any(isinstance(v, Iterator) for k, v in bound.arguments.items() if k not in split_names):
+            return None
+        if not changed:
+            return self
+        return InterceptedCall(function, tuple(bound.args), dict(bound.kwargs), self.options)
+
 
 Interceptor = Callable[[InterceptedCall], Any]
 

@@ -207,7 +207,8 @@ def _describe(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}".removeprefix("builtins.")
 
 
-def _is_lazy_iterable(obj: object) -> bool:
+def is_lazy_iterable(obj: object) -> bool:
+    """Whether ``obj`` is an iterator or an iterable without a length (read once, lazily)."""
     return isinstance(obj, Iterator) or (
         isinstance(obj, Iterable)
         and not isinstance(obj, Sequence | str | bytes | dict | set | frozenset)
@@ -237,7 +238,7 @@ def plan_chunks(
     for name, value in zip(names, values, strict=True):
         splitter = splitter_for(value)
         if splitter is None:
-            if _is_lazy_iterable(value):
+            if is_lazy_iterable(value):
                 lazy = True
                 splitters.append(None)
                 prepared.append(value)

@@ -19,7 +19,7 @@ import itertools
 import secrets
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from .parity import check_parity, max_difference
@@ -200,11 +200,11 @@ def _protocol(call: InterceptedCall, plan: BenchPlan, recorder: Recorder, name: 
     from conc_ml.errors import ParityError
 
     fullname = recorder.fullname(name)
-    replayable = _replayable(call)
+    replayable = call.replayable()
     if replayable is None:
         # An iterator passed whole to every chunk would be consumed by the first run.
         value, _ = yield (call.run, {})
-        shape = _shape(call, {})
+        shape = call.shape()
         recorder.add(
             _row(
                 name,
@@ -225,7 +225,7 @@ def _protocol(call: InterceptedCall, plan: BenchPlan, recorder: Recorder, name: 
     first = True
     for configuration in plan.configurations():
         overrides = {**configuration, **pinned_seed}
-        shape = _shape(call, overrides)
+        shape = call.shape(**overrides)
         sequential_times: list[float] = []
         parallel_times: list[float] = []
         largest: float | None = 0.0
@@ -295,46 +295,6 @@ def _protocol(call: InterceptedCall, plan: BenchPlan, recorder: Recorder, name: 
 
 
 Shape = tuple[str, int, int | None]
-
-
-def _shape(call: InterceptedCall, overrides: dict[str, Any]) -> Shape:
-    """Backend, workers and chunk count that the parallel run with ``overrides`` uses."""
-    function = call.function.options(**overrides)
-    try:
-        prepared = function._prepare(call.args, call.kwargs, function.resolved_options(), None)
-    except Exception:
-        # The run itself reports a bad call; the row then shows what the options say.
-        options = function.resolved_options()
-        return options.backend, options.resolved_workers(), options.chunks
-    return prepared.backend_name, prepared.workers, prepared.plan.n_chunks
-
-
-def _replayable(call: InterceptedCall) -> InterceptedCall | None:
-    """``call`` with lazy split arguments materialised as lists, or ``None`` if it cannot be rerun.
-
-    Lazy chunks are lists, so cutting the materialised list gives the same chunks.
-    """
-    from conc_ml._intercept import InterceptedCall
-    from conc_ml._parallel import _resolve_split_names
-    from conc_ml._split import _is_lazy_iterable
-
-    function = call.function
-    try:
-        bound = function._call_signature.bind(*call.args, **call.kwargs)
-        split_names = _resolve_split_names(function._signature, call.options.split, function._name)
-    except (TypeError, ValueError):
-        return call  # the run raises the user's error
-    changed = False
-    for split_name in split_names:
-        value = bound.arguments.get(split_name)
-        if value is not None and _is_lazy_iterable(value):
-            bound.arguments[split_name] = list(value)
-            changed = True
-    if any(isinstance(v, Iterator) for k, v in bound.arguments.items() if k not in split_names):
-        return None
-    if not changed:
-        return call
-    return InterceptedCall(function, tuple(bound.args), dict(bound.kwargs), call.options)
 
 
 def _describe(name: str, shape: Shape, overrides: dict[str, Any]) -> str:
