@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 #: the backends every behavioural test runs on (dask has its own, slower, suite)
@@ -14,16 +17,27 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+#: non-daemon threads whose library joins them at exit: loky's manager of its warm pool
+THREADS_JOINED_AT_EXIT = frozenset({"ExecutorManagerThread"})
+
+
+def _threads_that_would_hang_the_exit() -> list[threading.Thread]:
+    return [
+        thread
+        for thread in threading.enumerate()
+        if thread is not threading.main_thread()
+        and not thread.daemon
+        and thread.is_alive()
+        and thread.name not in THREADS_JOINED_AT_EXIT
+    ]
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run, naming them, if non-daemon threads are left: they would hang the exit."""
-    import threading
-    import time
-
     deadline = time.monotonic() + 15
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
-    left = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    for thread in _threads_that_would_hang_the_exit():
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    left = [thread.name for thread in _threads_that_would_hang_the_exit()]
     if left:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
