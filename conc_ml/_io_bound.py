@@ -40,6 +40,8 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 from anyio.lowlevel import RunVar
 
+from .backends._thread import InterruptibleThreadPool
+
 __all__ = ["AsyncIOBoundFunction", "IOBoundFunction", "IOBoundOptions", "io_bound"]
 
 P = ParamSpec("P")
@@ -536,9 +538,7 @@ class IOBoundFunction(_IOBoundBase[P, R]):
         running: dict[concurrent.futures.Future[Any], _ThreadAttempt] = {}
         slot: float | None = None  # a reserved rate slot, not yet used
         completions: queue.SimpleQueue[concurrent.futures.Future[Any]] = queue.SimpleQueue()
-        executor = concurrent.futures.ThreadPoolExecutor(
-            options.concurrency, thread_name_prefix=f"conc-ml {self._name}"
-        )
+        executor = InterruptibleThreadPool(options.concurrency, thread_name_prefix=f"conc-ml {self._name}")
 
         def failed(attempt: _ThreadAttempt, error: Exception, now: float) -> ItemOutcome | None:
             if options.should_retry(error, attempt.number):
@@ -616,8 +616,14 @@ class IOBoundFunction(_IOBoundBase[P, R]):
                     outcome = failed(attempt, self._timeout_error(), now)
                     if outcome is not None:
                         yield outcome
+        except BaseException as error:
+            if not isinstance(error, Exception | GeneratorExit):
+                # Ctrl-C: the running calls get KeyboardInterrupt too, so that the wait
+                # below ends and the process can exit.
+                executor.interrupt_running()
+            raise
         finally:
-            # Threads cannot be stopped: drop what has not started, wait for what has.
+            # Threads cannot be killed: drop what has not started, wait for what has.
             executor.shutdown(wait=True, cancel_futures=True)
 
     def map(self, items: Iterable[Any], /, *args: Any, return_exceptions: bool = False, **kwargs: Any) -> list[Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from census import is_resource_tracker, settled_census, take_census
 
-from conc_ml import ChunkTimeoutError, WorkerCrashedError, parallel
+from conc_ml import ChunkTimeoutError, WorkerCrashedError, io_bound, parallel
 
 #: a broadcast array large enough to go through shared memory on the process backend
 LARGE_BYTES = 2 << 20
@@ -105,10 +105,24 @@ def scenario_crash(*hows: str) -> None:
     report(**outcomes)
 
 
+def fetch_until_interrupted(item: int, marker: str) -> int:
+    return run_until_interrupted([item], np.zeros(1), marker)
+
+
+async def afetch_until_cancelled(item: int, marker: str) -> int:
+    return await await_until_cancelled([item], np.zeros(1), marker)
+
+
 def scenario_interrupt(backend: str, marker: str) -> None:
     """A call that runs until Ctrl-C; the test sends it and watches the process end."""
     weights = np.ones(LARGE_BYTES // 8)
-    if backend == "async-coroutine":
+    if backend == "io-bound-threads":
+        io_bound(concurrency=2)(fetch_until_interrupted).map(range(8), marker)
+    elif backend == "io-bound-async":
+        import anyio
+
+        anyio.run(io_bound(concurrency=2)(afetch_until_cancelled).map, range(8), marker)
+    elif backend == "async-coroutine":
         import anyio
 
         func: Callable[..., Any] = parallel(backend="async", workers=2, chunks=4)(await_until_cancelled)

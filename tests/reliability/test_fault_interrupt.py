@@ -56,7 +56,9 @@ def _wait_for_start(process: subprocess.Popen[str], marker: Path) -> None:
 
 
 @pytest.mark.parametrize("to_group", [False, True], ids=["to-pid", "to-group"])
-@pytest.mark.parametrize("backend", ["sequential", "thread", "process", "async", "async-coroutine"])
+@pytest.mark.parametrize(
+    "backend", ["sequential", "thread", "process", "async", "async-coroutine", "io-bound-threads", "io-bound-async"]
+)
 def test_ctrl_c_stops_the_call_and_leaves_no_process(tmp_path: Path, backend: str, to_group: bool) -> None:
     marker = tmp_path / "started"
     process = subprocess.Popen(
