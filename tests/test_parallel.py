@@ -432,3 +432,13 @@ print("done")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "done"
+
+
+def test_rng_with_a_default_still_receives_the_chunk_stream() -> None:
+    def draw(items: list[int], rng: np.random.Generator | None = None) -> float:
+        assert rng is not None
+        return float(rng.random())
+
+    func = parallel(backend="sequential", chunks=2, seed=3)(draw)
+    expected = [float(np.random.default_rng(child).random()) for child in np.random.SeedSequence(3).spawn(2)]
+    assert func([1, 2]) == expected
