@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import math
 import numbers
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -134,8 +135,10 @@ def validate_layer(layer: Mapping[str, Any], *, where: str, extra: tuple[str, ..
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
                 raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-            if not float(timeout) > 0:
-                raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+            if not 0 < float(timeout) < math.inf:
+                raise ValueError(
+                    f"timeout must be a finite number of seconds > 0 (or None for no limit), got {timeout!r}"
+                )
             out["timeout"] = float(timeout)
     if "progress" in out and not isinstance(out["progress"], bool):
         raise TypeError(f"progress must be True or False, not {out['progress']!r}")

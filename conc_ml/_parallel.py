@@ -221,10 +221,16 @@ class ParallelFunction(Generic[P, R]):
         signature = self._call_signature
         func = self.__wrapped__
         rng_param = self._rng_param
+        # A keyword-only ``rng`` leaves the positional layout alone: bind as usual. One that
+        # could be passed by position sits among the positionals: pass all by keyword.
+        by_keyword = rng_param is not None and self._signature.parameters[rng_param].kind is not (
+            inspect.Parameter.KEYWORD_ONLY
+        )
+        allow_nested = bool(options.settings.get("allow_nested", False))
 
         def make_task(chunk: Chunk) -> ChunkTask:
             chunk_arguments = {**arguments, **dict(zip(names, chunk.values, strict=True))}
-            if rng_param is None:
+            if not by_keyword:
                 chunk_bound = inspect.BoundArguments(signature, chunk_arguments)
                 task_args, task_kwargs = chunk_bound.args, chunk_bound.kwargs
             else:
@@ -236,6 +242,7 @@ class ParallelFunction(Generic[P, R]):
                 index=chunk.index,
                 seed=None if root is None else chunk_seed(root, chunk.index),
                 rng_param=rng_param,
+                allow_nested=allow_nested,
             )
 
         return PreparedCall(

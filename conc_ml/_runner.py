@@ -6,13 +6,14 @@ this module by reference when it unpickles a :class:`ChunkTask`.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import inspect
 import os
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
@@ -40,6 +41,7 @@ class ChunkTask:
     :ivar index: the chunk's position.
     :ivar seed: the chunk's :class:`~numpy.random.SeedSequence` when ``rng_param`` is set.
     :ivar rng_param: name of the parameter that receives the chunk's ``Generator``.
+    :ivar allow_nested: let ``@parallel`` calls made by the chunk run in parallel.
     """
 
     func: Callable[..., Any]
@@ -48,6 +50,8 @@ class ChunkTask:
     index: int
     seed: np.random.SeedSequence | None = None
     rng_param: str | None = None
+    #: the caller's ``config(allow_nested=...)``, which a worker's own context lacks
+    allow_nested: bool = False
 
 
 class ChunkFailure:
@@ -118,6 +122,22 @@ def describe_worker() -> str:
     return f"pid {os.getpid()}, thread {threading.current_thread().name!r}"
 
 
+@contextlib.contextmanager
+def _chunk_context(task: ChunkTask) -> Iterator[None]:
+    """Mark the code as running in a chunk, with the caller's nesting permission."""
+    token = _inside_worker.set(True)
+    try:
+        if task.allow_nested:
+            from ._options import config
+
+            with config(allow_nested=True):
+                yield
+        else:
+            yield
+    finally:
+        _inside_worker.reset(token)
+
+
 def _chunk_kwargs(task: ChunkTask) -> dict[str, Any]:
     if task.rng_param is None:
         return task.kwargs
@@ -140,23 +160,19 @@ def run_chunk(task: ChunkTask) -> ChunkOutcome:
 
         outcome: ChunkOutcome = anyio.run(run_chunk_async, task)
         return outcome
-    token = _inside_worker.set(True)
-    try:
-        value = task.func(*task.args, **_chunk_kwargs(task))
-    except Exception as error:
-        return _failed(task, error)
-    finally:
-        _inside_worker.reset(token)
+    with _chunk_context(task):
+        try:
+            value = task.func(*task.args, **_chunk_kwargs(task))
+        except Exception as error:
+            return _failed(task, error)
     return ChunkOutcome(task.index, value, None, describe_worker())
 
 
 async def run_chunk_async(task: ChunkTask) -> ChunkOutcome:
     """Await one chunk of an ``async def`` function in the current event loop."""
-    token = _inside_worker.set(True)
-    try:
-        value = await task.func(*task.args, **_chunk_kwargs(task))
-    except Exception as error:
-        return _failed(task, error)
-    finally:
-        _inside_worker.reset(token)
+    with _chunk_context(task):
+        try:
+            value = await task.func(*task.args, **_chunk_kwargs(task))
+        except Exception as error:
+            return _failed(task, error)
     return ChunkOutcome(task.index, value, None, describe_worker())

@@ -28,7 +28,7 @@ def identity(items: list[int]) -> list[int]:
         ({"combine": "median"}, ValueError, "combine must be one of 'list', 'concat', 'sum', 'mean'"),
         ({"seed": -3}, TypeError, "seed must be a non-negative int"),
         ({"seed": "7"}, TypeError, "seed must be a non-negative int"),
-        ({"timeout": 0}, ValueError, "timeout must be > 0"),
+        ({"timeout": 0}, ValueError, "timeout must be a finite number of seconds > 0"),
         ({"timeout": "1"}, TypeError, "timeout must be a number"),
         ({"progress": 1}, TypeError, "progress must be True or False"),
         ({"split": "nope"}, ValueError, "not a parameter of identity"),

@@ -38,8 +38,9 @@ def fail_on_three(items: list[int]) -> list[int]:
     return items
 
 
-def thread_names(items: list[int]) -> list[str]:
-    return [threading.current_thread().name]
+def thread_names(items: list[int]) -> list[int]:
+    # Identities, not names: pools of different calls reuse the same thread names.
+    return [threading.get_ident()]
 
 
 def where_am_i(items: list[int]) -> list[str]:
@@ -47,7 +48,7 @@ def where_am_i(items: list[int]) -> list[str]:
 
     inner = parallel(backend="thread", chunks=2, combine="concat")(thread_names)
     names = inner(list(items))
-    here = threading.current_thread().name
+    here = threading.get_ident()
     return [f"inside={inside_worker()}", f"inner_ran_here={all(name == here for name in names)}"]
 
 
@@ -442,3 +443,58 @@ def test_rng_with_a_default_still_receives_the_chunk_stream() -> None:
     func = parallel(backend="sequential", chunks=2, seed=3)(draw)
     expected = [float(np.random.default_rng(child).random()) for child in np.random.SeedSequence(3).spawn(2)]
     assert func([1, 2]) == expected
+
+
+def test_overlapping_thread_calls_restore_the_blas_threads_they_found() -> None:
+    from threadpoolctl import threadpool_info
+
+    def blas() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info()]
+
+    first_running, release_first = threading.Event(), threading.Event()
+
+    def hold(items: list[int], started: threading.Event, release: threading.Event) -> None:
+        started.set()
+        assert release.wait(10)
+
+    func = parallel(backend="thread", workers=2, chunks=1)(hold)
+    before = blas()
+    first = threading.Thread(target=func, args=([1], first_running, release_first))
+    first.start()
+    assert first_running.wait(10)
+    # The second call starts while the first holds the cap, and ends after it.
+    second_started, release_second = threading.Event(), threading.Event()
+    second = threading.Thread(target=func, args=([1], second_started, release_second))
+    second.start()
+    assert second_started.wait(10)
+    release_first.set()
+    first.join(10)
+    release_second.set()
+    second.join(10)
+    assert not first.is_alive()
+    assert not second.is_alive()
+    assert blas() == before
+
+
+def test_infinite_timeout_is_refused_at_decoration() -> None:
+    with pytest.raises(ValueError, match="finite number of seconds"):
+        parallel(timeout=float("inf"))(square_each)
+
+
+def test_rng_after_var_positional_arguments() -> None:
+    def f(data: list[int], *extra: int, rng: np.random.Generator) -> list[int]:
+        return [len(data), *extra]
+
+    assert parallel(backend="sequential", chunks=2, seed=0)(f)([1, 2, 3, 4], 5) == [[2, 5], [2, 5]]
+
+
+def outer_allowing_nested(items: list[int]) -> list[str]:
+    return where_am_i(items)
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_allow_nested_around_the_outer_call_reaches_the_workers(backend: str) -> None:
+    func = parallel(backend=backend, chunks=2, workers=2, combine="concat")(outer_allowing_nested)
+    with config(allow_nested=True):
+        result = func([1, 2, 3, 4])
+    assert result == ["inside=True", "inner_ran_here=False"] * 2

@@ -69,14 +69,21 @@ class ThreadBackend:
     max_in_flight_per_worker: ClassVar[int] = 2
 
     def __init__(self) -> None:
-        self._limits: dict[int, Any] = {}
+        # BLAS limits are process-wide: calls that overlap share one cap, applied by the
+        # first and restored by the last, so that no call restores another's cap.
+        self._limits_lock = threading.Lock()
+        self._capped_calls: set[int] = set()
+        self._limits: Any = None
 
     def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:
         executor = InterruptibleThreadPool(max_workers=workers, thread_name_prefix="conc-ml-thread")
         if workers > 1:
             from threadpoolctl import threadpool_limits
 
-            self._limits[id(executor)] = threadpool_limits(limits=max(1, usable_cpus() // workers))
+            with self._limits_lock:
+                if not self._capped_calls:
+                    self._limits = threadpool_limits(limits=max(1, usable_cpus() // workers))
+                self._capped_calls.add(id(executor))
         return executor
 
     def release(self, executor: Executor, *, abort: bool, stop_running: bool) -> None:
@@ -88,9 +95,12 @@ class ThreadBackend:
                 executor.interrupt_running()
             executor.shutdown(wait=not abort, cancel_futures=True)
         finally:
-            limits = self._limits.pop(id(executor), None)
-            if limits is not None:
-                limits.restore_original_limits()
+            with self._limits_lock:
+                if id(executor) in self._capped_calls:
+                    self._capped_calls.discard(id(executor))
+                    if not self._capped_calls:
+                        self._limits.restore_original_limits()
+                        self._limits = None
 
     def translate_error(self, error: BaseException, chunk: int) -> BaseException | None:
         return None
