@@ -8,7 +8,6 @@ what went wrong. Every backend goes through it, so they all behave alike.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import inspect
 import math
@@ -262,28 +261,40 @@ async def iter_outcomes_async(call: PreparedCall) -> AsyncGenerator[tuple[Chunk,
                 await limiter.acquire_on_behalf_of(token)
                 group.start_soon(run_one, chunk, call.make_task(chunk), token)
 
+    # The deadline guards each wait for a chunk, never a ``yield``: a cancel scope left open
+    # across a yield would fire in the consumer's code as a bare cancellation.
+    deadline = math.inf if timeout is None else anyio.current_time() + timeout
     try:
-        with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
-            async with anyio.create_task_group() as outer:
-                outer.start_soon(produce)
-                async with receive:
-                    try:
-                        async for chunk, outcome in receive:
-                            if outcome.failure is not None:
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(produce)
+            async with receive:
+                try:
+                    while True:
+                        # A chunk finished in time is delivered even if the consumer was slow.
+                        try:
+                            chunk, outcome = receive.receive_nowait()
+                        except anyio.EndOfStream:
+                            break
+                        except anyio.WouldBlock:
+                            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as waiting:
+                                try:
+                                    chunk, outcome = await receive.receive()
+                                except anyio.EndOfStream:
+                                    break
+                            if waiting.cancelled_caught:
                                 outer.cancel_scope.cancel()
-                                raise_failure(outcome, chunk, call)
-                            completed += 1
-                            if progress is not None:
-                                progress.update(chunk.n_items)
-                            yield chunk, outcome
-                    except GeneratorExit:
-                        # The consumer closed the stream early: cancel the chunks still running
-                        # and end quietly (the task group would wrap GeneratorExit in a group).
-                        outer.cancel_scope.cancel()
-    except TimeoutError as error:
-        if isinstance(error, ChunkTimeoutError):
-            raise
-        raise _timeout_error(call, completed) from None
+                                raise _timeout_error(call, completed) from None
+                        if outcome.failure is not None:
+                            outer.cancel_scope.cancel()
+                            raise_failure(outcome, chunk, call)
+                        completed += 1
+                        if progress is not None:
+                            progress.update(chunk.n_items)
+                        yield chunk, outcome
+                except GeneratorExit:
+                    # The consumer closed the stream early: cancel the chunks still running
+                    # and end quietly (the task group would wrap GeneratorExit in a group).
+                    outer.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # A failure raised inside the task group arrives wrapped: unwrap a single one.
         errors = group.exceptions

@@ -498,3 +498,39 @@ def test_allow_nested_around_the_outer_call_reaches_the_workers(backend: str) ->
     with config(allow_nested=True):
         result = func([1, 2, 3, 4])
     assert result == ["inside=True", "inner_ran_here=False"] * 2
+
+
+def test_async_stream_timeout_is_a_chunk_timeout_error_even_while_the_consumer_works() -> None:
+    import contextlib
+
+    async def quick(items: list[int]) -> list[int]:
+        await anyio.sleep(0)
+        return items
+
+    async def never(items: list[int]) -> list[int]:
+        if items[0] == 0:
+            return items
+        await anyio.sleep(30)
+        return items
+
+    async def slow_consumer(func: Any) -> list[int]:
+        seen = []
+        async with contextlib.aclosing(func.stream([0, 1, 2, 3])) as stream:
+            async for index, _ in stream:
+                seen.append(index)
+                await anyio.sleep(0.3)  # the call's deadline passes here, in the consumer
+        return sorted(seen)
+
+    # Chunks that finished in time are delivered, however slow the consumer.
+    assert anyio.run(slow_consumer, parallel(backend="async", chunks=4, workers=4, timeout=0.2)(quick)) == [0, 1, 2, 3]
+    with pytest.raises(ChunkTimeoutError):
+        anyio.run(slow_consumer, parallel(backend="async", chunks=4, workers=4, timeout=0.2)(never))
+
+
+def test_a_users_own_timeout_error_in_an_async_chunk_keeps_its_type() -> None:
+    async def own_timeout(items: list[int]) -> None:
+        raise TimeoutError("the user's own")
+
+    with pytest.raises(TimeoutError, match="the user's own") as info:
+        anyio.run(parallel(chunks=2, timeout=10)(own_timeout), [1, 2])
+    assert not isinstance(info.value, ChunkTimeoutError)
