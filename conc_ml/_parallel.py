@@ -216,6 +216,8 @@ class ParallelFunction(Generic[P, R]):
         plan = plan_chunks(values, names, chunks=options.chunks, chunk_size=options.chunk_size, workers=workers)
         backend_name = self._backend_name(options, forced_backend)
         backend = get_backend(backend_name)
+        if backend_name == "process":
+            _preload_in_process_workers(self.__wrapped__)
         root = root_seed_sequence(options.seed) if self._rng_param is not None else None
         arguments = dict(bound.arguments)
         signature = self._call_signature
@@ -254,6 +256,20 @@ class ParallelFunction(Generic[P, R]):
             plan=plan,
             make_task=make_task,
         )
+
+
+def _preload_in_process_workers(func: Callable[..., Any]) -> None:
+    """Before the first process call starts the fork server: have it import what ``func`` uses."""
+    from ._warm_up import modules_used_by
+    from .backends import _forkserver
+
+    if _forkserver.started():
+        return
+    try:
+        modules = modules_used_by(func)
+    except Exception:  # an odd global (a proxy that fails on attribute access): preloading is only a help
+        return
+    _forkserver.preload(modules)
 
 
 def _collect(call: PreparedCall, outcomes: Iterator[tuple[Chunk, ChunkOutcome]]) -> Any:

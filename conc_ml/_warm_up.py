@@ -1,10 +1,13 @@
 """Paying for worker start and imports before the first call, not during it.
 
 A process pool's first call pays for starting the workers and for the imports that
-unpickling the user's function triggers in each of them (scikit-learn alone takes about a
-second). :func:`warm_up` starts the same pool the call will use and imports, in every
-worker, the modules the given functions refer to. With ``wait=False`` it returns at once,
-so the work overlaps with whatever the program does before its first call (loading data).
+unpickling the user's function triggers in them (scikit-learn alone takes about a
+second). :func:`warm_up` has those modules imported ahead of time: in the fork server the
+workers are forked from (see :mod:`conc_ml.backends._forkserver`), so that they are
+imported once and every worker starts with them, or, when the server already runs or
+``CONC_ML_START_METHOD=loky``, in every worker of the pool the call will use. With
+``wait=False`` it returns at once, so the work overlaps with whatever the program does
+before its first call (loading data).
 
 It is explicit on purpose: starting processes as a side effect of decorating a function
 (at import time, during test collection, in a docs build) would surprise more users than
@@ -73,7 +76,7 @@ def modules_used_by(func: Callable[..., Any]) -> list[str]:
 def _import_in_worker(modules: tuple[str, ...]) -> int:
     for name in (*_ALWAYS, *modules):
         # A module that cannot be imported here fails the real call with a clear error; warming up must not.
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception, SystemExit):
             importlib.import_module(name)
     return os.getpid()
 
@@ -85,11 +88,15 @@ def warm_up(
     wait: bool = True,
     timeout: float | None = 120,
 ) -> None:
-    """Start the process pool now and import in each worker what ``functions`` need.
+    """Have what ``functions`` need imported for the process workers now, before the first call.
 
     Call it at start-up (or at import of the module that defines the functions), with
-    ``wait=False`` to overlap it with loading data. A later call on the ``process`` backend
-    with the same number of workers then finds warm workers.
+    ``wait=False`` to overlap it with loading data. When the fork server has not started
+    yet (the usual case), it starts now and imports the modules once; workers forked from
+    it later start with them loaded (with ``wait=False`` they are forked by the first
+    call, which takes milliseconds). Otherwise, or with ``wait=True``, the pool is started
+    now and each worker imports them; a later call on the ``process`` backend with the
+    same number of workers then finds warm workers.
 
     :param functions: ``@parallel`` (or plain) functions whose modules and globals' modules
         are imported in the workers.
@@ -103,7 +110,7 @@ def warm_up(
     """
     from ._options import usable_cpus
     from ._parallel import ParallelFunction
-    from .backends import get_backend
+    from .backends import _forkserver, get_backend
 
     if workers is None:
         first = functions[0] if functions else None
@@ -113,6 +120,15 @@ def warm_up(
     names = {name for func in functions for name in modules_used_by(func)}
     names.update(modules)
     wanted = tuple(sorted(names))
+    if _forkserver.start_method() == "forkserver":
+        # The fork server imports the modules once, in the background; each worker forked
+        # from it starts with them loaded. If it runs already, the workers import them.
+        preloaded = _forkserver.preload(wanted)
+        _forkserver.start()
+        if preloaded and not wait:
+            # Workers are forked when the first call (or a waiting warm_up) needs them:
+            # forking is quick once the server has imported everything.
+            return
     backend = get_backend("process")
     executor = backend.open(workers, {})
     try:

@@ -10,6 +10,7 @@ loky starts them with, so that workers x inner threads <= CPUs.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from typing import Any, ClassVar
 from .._options import usable_cpus
 from ..errors import SerializationError, WorkerCrashedError
 
-__all__ = ["ProcessBackend", "inner_thread_env"]
+__all__ = ["ProcessBackend", "inner_thread_env", "limit_inner_threads"]
 
 #: seconds an idle worker waits for work before loky shuts it down
 IDLE_TIMEOUT = 300
@@ -38,6 +39,19 @@ def inner_thread_env(workers: int) -> dict[str, str]:
     """Environment capping each worker's BLAS/OpenMP threads at ``CPUs // workers``."""
     inner = str(max(1, usable_cpus() // workers))
     return dict.fromkeys(_THREAD_VARIABLES, inner)
+
+
+def limit_inner_threads(env: dict[str, str]) -> None:
+    """Run in each worker as it starts: cap the BLAS/OpenMP threads of this process.
+
+    A worker forked from the fork server has numpy's BLAS loaded already, with the
+    server's thread count, so the environment alone cannot cap it: threadpoolctl sets the
+    libraries loaded now, the environment those loaded later (and child processes).
+    """
+    from threadpoolctl import threadpool_limits
+
+    os.environ.update(env)
+    threadpool_limits(int(next(iter(env.values()))))
 
 
 def _signal_name(code: int) -> str:
@@ -78,8 +92,19 @@ class ProcessBackend:
         from loky import get_reusable_executor
 
         from .._shared_memory import SharingExecutor
+        from ._forkserver import context
 
-        pool: Executor = get_reusable_executor(max_workers=workers, timeout=IDLE_TIMEOUT, env=inner_thread_env(workers))
+        env = inner_thread_env(workers)
+        pool: Executor = get_reusable_executor(
+            max_workers=workers,
+            timeout=IDLE_TIMEOUT,
+            # Workers are forked from a server that has imported their modules (see
+            # conc_ml.backends._forkserver), or started fresh when CONC_ML_START_METHOD=loky.
+            context=context(),
+            env=env,
+            initializer=limit_inner_threads,
+            initargs=(env,),
+        )
         # issue 6: large numpy arguments travel through shared memory (see conc_ml._shared_memory).
         return SharingExecutor(pool)
 

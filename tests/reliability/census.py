@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import psutil
 
-__all__ = ["Census", "is_resource_tracker", "settled_census", "take_census"]
+__all__ = ["Census", "is_fork_server", "is_resource_tracker", "settled_census", "take_census", "workers_of"]
 
 SHM_FOLDER = "/dev/shm"
 
@@ -45,11 +45,29 @@ def is_resource_tracker(process: psutil.Process) -> bool:
         return False
 
 
+def is_fork_server(process: psutil.Process) -> bool:
+    """Whether ``process`` is conc-ml's fork server (the parent of the process workers)."""
+    # Like the resource tracker, it lives as long as the caller; workers are forked from it.
+    try:
+        return any("multiprocessing.forkserver" in part for part in process.cmdline())
+    except psutil.Error:
+        return False
+
+
+def workers_of(process: psutil.Process) -> list[psutil.Process]:
+    """The descendants of ``process`` that run chunks: not its resource tracker or fork server."""
+    return [
+        child
+        for child in process.children(recursive=True)
+        if not is_resource_tracker(child) and not is_fork_server(child)
+    ]
+
+
 def _live_children() -> frozenset[int]:
     pids = set()
     for child in psutil.Process().children(recursive=True):
         try:
-            if child.status() == psutil.STATUS_ZOMBIE or is_resource_tracker(child):
+            if child.status() == psutil.STATUS_ZOMBIE or is_resource_tracker(child) or is_fork_server(child):
                 continue
         except psutil.Error:
             continue

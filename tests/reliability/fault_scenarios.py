@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from census import is_resource_tracker, settled_census, take_census
+from census import settled_census, take_census, workers_of
 
 from conc_ml import ChunkTimeoutError, WorkerCrashedError, io_bound, parallel
 
@@ -153,7 +153,7 @@ def scenario_timeout_kills_workers() -> None:
     func = parallel(backend="process", workers=2, chunks=2, timeout=1)(run_until_interrupted)
     weights = np.ones(4)
     parallel(backend="process", workers=2, chunks=2)(weighted_sum)([1, 2], weights)  # warm pool
-    workers = [p for p in psutil.Process().children() if not is_resource_tracker(p)]
+    workers = workers_of(psutil.Process())
     folder = tempfile.mkdtemp()
     marker = os.path.join(folder, "started")
     try:
