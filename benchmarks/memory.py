@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import psutil
 
@@ -59,7 +60,7 @@ def shm_bytes_of(pids: Iterable[int]) -> int:
 
 
 class PeakTreeMemory:
-    """Samples the memory of ``pid``'s process tree in a thread until stopped.
+    """Samples the memory of a process tree in a thread, keeping the peak.
 
     Memory = the sum of each process's proportional set size (PSS counts a page shared by
     n processes as 1/n in each, so forked or mapped pages count once and private copies
@@ -67,25 +68,34 @@ class PeakTreeMemory:
     instead: a segment nobody maps at the moment of the sample still takes RAM.
     """
 
-    def __init__(self, pid: int, interval: float = 0.1):
-        self.root = psutil.Process(pid)
+    def __init__(self, interval: float = 0.1):
         self.interval = interval
         self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample_until_stopped, name="memory-sampler", daemon=True)
 
-    def __enter__(self) -> PeakTreeMemory:
-        self._thread.start()
-        return self
+    @contextlib.contextmanager
+    def sampling(self, pid: int) -> Iterator[None]:
+        """Sample the tree rooted at ``pid`` until the block ends."""
+        root = psutil.Process(pid)
+        stop = threading.Event()
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        def sample_until_stopped() -> None:
+            while not stop.is_set():
+                self.peak_bytes = max(self.peak_bytes, self.sample(root))
+                stop.wait(self.interval)
 
-    def sample(self) -> int:
+        thread = threading.Thread(target=sample_until_stopped, name="memory-sampler", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+
+    @staticmethod
+    def sample(root: psutil.Process) -> int:
         """The tree's memory now, in bytes (processes that vanish meanwhile are skipped)."""
         try:
-            processes = [self.root, *self.root.children(recursive=True)]
+            processes = [root, *root.children(recursive=True)]
         except psutil.Error:
             return 0
         total = 0
@@ -95,8 +105,3 @@ class PeakTreeMemory:
             except (OSError, ValueError):
                 continue
         return total + shm_bytes_of(process.pid for process in processes)
-
-    def _sample_until_stopped(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self.sample())
-            self._stop.wait(self.interval)
