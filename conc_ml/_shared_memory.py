@@ -192,6 +192,23 @@ def _ref(path: str, size: int, array: np.ndarray[Any, Any], start: int) -> Share
     return SharedArrayRef(path, size, array.dtype, array.shape, array.strides, array.ctypes.data - start)
 
 
+def _file_ref(array: np.memmap[Any, Any]) -> SharedArrayRef | None:
+    """A reference to the bytes of a file-backed memmap in its own file: no copy at all.
+
+    Workers map the same file and read the same page cache. Only for mappings that write
+    through to the file (modes ``r``, ``r+`` and ``w+``): a copy-on-write (``c``) mapping
+    may hold changes that the file does not, so it is copied like any array.
+    """
+    mapping = getattr(array, "_mmap", None)
+    path = getattr(array, "filename", None)
+    if mapping is None or path is None or getattr(array, "mode", None) not in ("r", "r+", "w+"):
+        return None
+    # numpy maps the file from the allocation boundary at or below the memmap's offset.
+    file_start = array.offset - array.offset % mmap.ALLOCATIONGRANULARITY
+    mapped_at = np.frombuffer(mapping, dtype=np.uint8).ctypes.data
+    return _ref(os.fspath(path), file_start + len(mapping), array, mapped_at - file_start)
+
+
 class _SegmentMap(mmap.mmap):
     """The caller's writable mapping of a :func:`shared_array` segment."""
 
@@ -300,6 +317,10 @@ class SharedArrays:
         owner = _segment_map_of(array)
         if owner is not None:
             return _ref(owner.path, len(owner), array, owner.address)
+        if isinstance(array, np.memmap):
+            in_file = _file_ref(array)
+            if in_file is not None:
+                return in_file
         from numpy.lib.array_utils import byte_bounds
 
         low, high = byte_bounds(array)

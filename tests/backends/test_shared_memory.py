@@ -382,3 +382,57 @@ def test_a_program_that_shares_arrays_and_loses_a_worker_exits_without_resource_
     assert glob.glob(os.path.join(_shared_memory.SHM_FOLDER, f"{_shared_memory.SEGMENT_PREFIX}{pid}-*")) == []
     assert "resource_tracker" not in run.stderr
     assert "leak" not in run.stderr
+
+
+def _memmap_file(tmp_path: Path, values: np.ndarray[Any, Any], offset: int = 0) -> Path:
+    path = tmp_path / "data.bin"
+    with open(path, "wb") as file:
+        file.write(b"\xff" * offset)
+        file.write(values.tobytes())
+    return path
+
+
+_VIEWS = {
+    "whole": lambda a: a,
+    "slice": lambda a: a[5:, 1:],
+    "reversed-step": lambda a: a[::-3],
+    "transposed": lambda a: a.T,
+}
+
+
+@pytest.mark.parametrize("offset", [0, 24, mmap.ALLOCATIONGRANULARITY + 8], ids=["start", "unaligned", "past-a-page"])
+@pytest.mark.parametrize("mode", ["r", "r+"])
+def test_a_file_backed_memmap_reaches_workers_through_its_own_file_with_no_copy(
+    tmp_path: Path, offset: int, mode: str
+) -> None:
+    values = np.arange(3 * BIG // 8, dtype=np.float64).reshape(-1, 3)
+    path = _memmap_file(tmp_path, values, offset)
+    on_disk = np.memmap(path, dtype=np.float64, mode=mode, offset=offset, shape=values.shape)
+    arrays = SharedArrays()
+    try:
+        for name, make_view in _VIEWS.items():
+            view = make_view(on_disk)
+            ref = arrays.share(view)
+            assert isinstance(ref, SharedArrayRef), name
+            assert ref.path == str(path), name
+            received = pickle.loads(pickle.dumps(ref))
+            assert received.strides == view.strides, name
+            assert not received.flags.writeable, name
+            np.testing.assert_array_equal(received, make_view(values), err_msg=name)
+        assert arrays.paths == [], "a file-backed memmap must not be copied into a segment"
+    finally:
+        arrays.release()
+    assert path.exists(), "the user's file must stay"
+    half = len(values) // 2
+    assert _sum_in_workers(on_disk) == [float(values[:half].sum()), float(values[half:].sum())]
+    assert _segments() == []
+
+
+def test_a_copy_on_write_memmap_is_copied_so_workers_see_the_callers_changes(tmp_path: Path) -> None:
+    values = np.zeros(BIG // 8)
+    path = _memmap_file(tmp_path, values)
+    private = np.memmap(path, dtype=np.float64, mode="c", shape=values.shape)
+    private[:] = 1.0  # changes only this process's pages, not the file
+    half = len(values) // 2
+    assert _sum_in_workers(private) == [float(half), float(len(values) - half)]
+    assert np.fromfile(path).sum() == 0.0
