@@ -27,9 +27,6 @@ from typing import Any
 
 __all__ = ["modules_used_by", "warm_up"]
 
-#: imported in every worker whatever the functions: what running any chunk needs
-_ALWAYS = ("numpy", "cloudpickle", "conc_ml._runner", "conc_ml._shared_memory")
-
 
 def _code_names(code: types.CodeType) -> Iterator[str]:
     yield from code.co_names
@@ -74,7 +71,9 @@ def modules_used_by(func: Callable[..., Any]) -> list[str]:
 
 
 def _import_in_worker(modules: tuple[str, ...]) -> int:
-    for name in (*_ALWAYS, *modules):
+    from .backends._forkserver import ALWAYS  # what running any chunk needs, whatever the functions
+
+    for name in (*ALWAYS, *modules):
         # A module that cannot be imported here fails the real call with a clear error; warming up must not.
         with contextlib.suppress(Exception, SystemExit):
             importlib.import_module(name)
