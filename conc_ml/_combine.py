@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,10 +29,38 @@ def combine_results(combine: Any, results: list[Any], sizes: Sequence[int]) -> A
         return _concat(results)
     if combine == "sum":
         # Left to right in chunk order, so that float sums do not depend on scheduling.
-        return functools.reduce(operator.add, results)
+        return functools.reduce(_add, results)
     if combine == "mean":
         return _weighted_mean(results, sizes)
     raise ValueError(f"unknown combine {combine!r}")  # validated earlier; kept for safety
+
+
+def _is_pandas_table(value: Any) -> bool:
+    """A pandas ``Series`` or ``DataFrame`` (pandas is never imported to find out)."""
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(value, pd.Series | pd.DataFrame)
+
+
+def _add(left: Any, right: Any) -> Any:
+    """``left + right``, except that two pandas objects add as a map-reduce needs.
+
+    pandas' ``+`` aligns on the labels and gives NaN for a label absent from one side: a
+    group missing from one chunk would turn the whole group's sum into NaN. Here a label
+    missing from one side counts as 0: both sides are reindexed on the union of the labels
+    with ``fill_value=0`` before adding, so an integer column stays integer (which
+    ``Series.add(other, fill_value=0)`` would not keep). Labels that repeat within one
+    object have no such union; those keep pandas' own ``+``.
+    """
+    if not (_is_pandas_table(left) and _is_pandas_table(right)) or type(left) is not type(right):
+        return left + right
+    axes = ["index", "columns"] if left.ndim == 2 else ["index"]
+    labels = {}
+    for axis in axes:
+        mine, theirs = getattr(left, axis), getattr(right, axis)
+        if not (mine.is_unique and theirs.is_unique):
+            return left + right
+        labels[axis] = mine if mine.equals(theirs) else mine.union(theirs)
+    return left.reindex(**labels, fill_value=0) + right.reindex(**labels, fill_value=0)
 
 
 def _concat(results: list[Any]) -> Any:

@@ -127,8 +127,11 @@ def validate_layer(layer: Mapping[str, Any], *, where: str, extra: tuple[str, ..
     if "seed" in out:
         seed = out["seed"]
         if seed is not None and not isinstance(seed, np.random.SeedSequence):
-            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-                raise TypeError(f"seed must be a non-negative int, a numpy.random.SeedSequence or None, got {seed!r}")
+            seed_rule = "seed must be an int >= 0, a numpy.random.SeedSequence or None"
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+                raise TypeError(f"{seed_rule}, got {type(seed).__name__} {seed!r}")
+            if seed < 0:
+                raise ValueError(f"{seed_rule}, got {seed!r} (numpy's SeedSequence takes no negative entropy)")
             out["seed"] = int(seed)
     if "timeout" in out:
         timeout = out["timeout"]

@@ -94,7 +94,21 @@ def _length_array(arr: np.ndarray) -> int:
     return int(arr.shape[0])
 
 
+def _concat_masked_arrays(parts: list[Any]) -> Any:
+    # np.concatenate returns a MaskedArray whose mask is all False: masked values would
+    # come back as valid data.
+    if any(p.ndim == 0 for p in parts):
+        raise TypeError("cannot concat 0-d arrays; use combine='list', 'sum', 'mean' or a callable")
+    return np.ma.concatenate(parts, axis=0)  # type: ignore[no-untyped-call]
+
+
 register_splitter(np.ndarray, length=_length_array, take=_take_array, concat=_concat_arrays)
+register_splitter(
+    np.ma.MaskedArray,
+    length=_length_array,
+    take=lambda arr, start, stop: arr[start:stop],
+    concat=_concat_masked_arrays,
+)
 register_splitter(
     list, length=len, take=lambda s, a, b: s[a:b], concat=lambda ps: list(itertools.chain.from_iterable(ps))
 )
@@ -216,6 +230,30 @@ def is_lazy_iterable(obj: object) -> bool:
     )
 
 
+def _check_pandas_labels(values: Sequence[object], names: Sequence[str]) -> None:
+    """Refuse pandas objects cut together whose row labels differ.
+
+    Chunks are cut by position, while pandas matches rows by label: ``X[y > 0]`` or
+    ``X["a"] + y`` on two chunks whose labels differ would align (and fill with NaN, or
+    drop rows) where the undecorated call on the whole input would not. Aligning them
+    here instead would silently reorder or drop rows of the user's input.
+    """
+    pd = sys.modules.get("pandas")
+    if pd is None or len(values) < 2:
+        return
+    labelled = [(n, v) for n, v in zip(names, values, strict=True) if isinstance(v, pd.Series | pd.DataFrame)]
+    for name, value in labelled[1:]:
+        first_name, first = labelled[0]
+        # Different lengths are reported by the length check, with both lengths.
+        if len(value) == len(first) and not value.index.equals(first.index):
+            raise SplitError(
+                f"split arguments {first_name!r} and {name!r} are pandas objects with different indexes; "
+                "conc-ml cuts them by position, but pandas matches rows by label, so each chunk would pair "
+                "rows that the undecorated call would not. Give them the same index first, e.g. "
+                f"{name} = {name}.reindex({first_name}.index), or reset both with .reset_index(drop=True)"
+            )
+
+
 def plan_chunks(
     values: Sequence[object],
     names: Sequence[str],
@@ -232,6 +270,7 @@ def plan_chunks(
 
     :raises SplitError: if a value cannot be split or the values differ in length.
     """
+    _check_pandas_labels(values, names)
     splitters: list[Splitter | None] = []
     prepared: list[object] = []
     lazy = False

@@ -54,3 +54,33 @@ def test_mean_is_weighted_by_chunk_size() -> None:
 
 def test_callable_receives_the_list() -> None:
     assert combine_results(max, [3, 9, 4], [1, 1, 1]) == 9
+
+
+def test_sum_of_pandas_counts_a_label_missing_from_a_chunk_as_zero() -> None:
+    # Per-chunk groupby sums: group "a" exists in the first chunk only.
+    first = pd.Series([1, 2], index=pd.Index(["a", "b"], name="k"), name="v")
+    second = pd.Series([7], index=pd.Index(["b"], name="k"), name="v")
+    total = combine_results("sum", [first, second], [2, 1])
+    pd.testing.assert_series_equal(total, pd.Series([1, 9], index=pd.Index(["a", "b"], name="k"), name="v"))
+
+
+def test_sum_of_pandas_frames_fills_missing_rows_and_columns_keeping_dtypes() -> None:
+    first = pd.DataFrame({"n": [1]}, index=["a"])
+    second = pd.DataFrame({"n": [2, 3], "x": [0.5, 1.5]}, index=["a", "b"])
+    total = combine_results("sum", [first, second], [1, 2])
+    expected = pd.DataFrame({"n": [3, 3], "x": [0.5, 1.5]}, index=["a", "b"])
+    pd.testing.assert_frame_equal(total, expected)
+    assert total["n"].dtype == np.int64
+
+
+def test_sum_of_pandas_with_the_same_labels_is_plain_addition() -> None:
+    parts = [pd.Series([1.5, 2.0], index=["a", "b"]), pd.Series([1.0, 0.5], index=["a", "b"])]
+    pd.testing.assert_series_equal(combine_results("sum", parts, [1, 1]), parts[0] + parts[1])
+
+
+def test_concat_keeps_the_masks_of_masked_arrays() -> None:
+    parts = [np.ma.masked_array([1.0, 2.0], mask=[True, False]), np.ma.masked_array([3.0], mask=[True])]
+    joined = combine_results("concat", parts, [2, 1])
+    assert isinstance(joined, np.ma.MaskedArray)
+    np.testing.assert_array_equal(np.ma.getmaskarray(joined), [True, False, True])
+    np.testing.assert_array_equal(joined.compressed(), [2.0])

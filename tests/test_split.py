@@ -181,3 +181,19 @@ def test_register_splitter_checks_its_arguments() -> None:
         register_splitter("Ledger", length=len, take=lambda s, a, b: s)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="take must be callable"):
         register_splitter(Ledger, length=len, take=3)  # type: ignore[arg-type]
+
+
+def test_pandas_objects_with_different_indexes_are_refused_not_paired_by_position() -> None:
+    features = pd.DataFrame({"a": [1.0, 2.0, 3.0]}, index=[10, 11, 12])
+    target = pd.Series([1, 0, 1], index=[12, 11, 10])
+    message = r"'X' and 'y' are pandas objects with different indexes.*y.reindex\(X.index\)"
+    with pytest.raises(SplitError, match=message):
+        plan_chunks([features, target], ["X", "y"], chunks=2, chunk_size=None, workers=1)
+
+
+def test_pandas_objects_with_the_same_index_and_arrays_beside_them_are_cut_together() -> None:
+    features = pd.DataFrame({"a": [1.0, 2.0, 3.0]}, index=[10, 11, 12])
+    target = pd.Series([1, 0, 1], index=[10, 11, 12])
+    weights = np.arange(3)
+    plan = plan_chunks([features, target, weights], ["X", "y", "w"], chunks=2, chunk_size=None, workers=1)
+    assert [list(c.values[1].index) for c in plan.chunks] == [[10, 11], [12]]
