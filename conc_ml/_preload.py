@@ -1,25 +1,203 @@
-"""Imported in conc-ml's fork server: imports the modules the workers will need, once.
+"""The program of conc-ml's fork server: import the workers' modules once, then fork workers on request.
 
-The list comes in an environment variable (see :mod:`conc_ml.backends._forkserver`),
-which is removed here so that the workers forked from the server do not carry it. A
-module that fails to import is skipped whatever it raises: the server must stay up, and
-the chunk that needs the module reports the failure itself when the worker imports it.
+It runs in its own interpreter, started by :mod:`conc_ml.backends._forkserver` as
+``python -P -c "import sys; sys.path[:] = [...]; from conc_ml._preload import main; main(...)"``:
+``-P`` keeps the current directory off the path and the caller's ``sys.path`` replaces
+it before anything is imported, so that the server (and every worker forked from it)
+imports exactly the modules the caller would, never a same-named file that happens to
+lie in the working directory. (The standard library's ``forkserver.main`` is handed the
+caller's path too, but ignores it on Python 3.11.)
+
+What it does that :func:`multiprocessing.forkserver.main` does not:
+
+- **A module that fails to import is skipped, whatever it raises**: the server must stay
+  up; the chunk that needs the module reports the failure when its worker imports it.
+- **A module that starts a thread when imported is not kept**: forking while another
+  thread runs can leave a lock held for good in every worker (a worker then hangs at its
+  first log line or import). The server starts again (``exec``, same pid and sockets)
+  without that module, says so once on stderr, and the workers import it themselves.
+- **It lives no longer than its caller**: only the caller holds the write end of the
+  server's *alive* pipe (the standard server hands it to every worker too, so that the
+  workers keep it running), so the server sees the caller's death at once, even a
+  SIGKILL, and kills the workers it forked. Each worker also asks the kernel for
+  SIGKILL when the server dies (``PR_SET_PDEATHSIG``; the server is single-threaded, so
+  the thread that forked it lives as long as it does).
+
+After such a restart the shorter list of modules comes in an environment variable,
+removed here so that the workers do not carry it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import importlib
 import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+from typing import Any
 
-#: the same name as conc_ml.backends._forkserver.PRELOAD_VARIABLE (not imported from it, to keep this module light)
+#: the same names as in conc_ml.backends._forkserver (not imported from it: it imports conc_ml's backends)
 _VARIABLE = "CONC_ML_PRELOAD_MODULES"
 
+#: as multiprocessing.forkserver: more than this many fds in one request is refused
+MAXFDS_TO_SEND = 256
 
-def _preload(names: str) -> None:
-    for name in filter(None, names.split(",")):
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _python_threads() -> int:
+    return sum(1 for thread in threading.enumerate() if thread.is_alive())
+
+
+def preload(names: list[str]) -> str | None:
+    """Import ``names`` in order; return the first one that left a thread running, if any.
+
+    :param names: module names; a module that fails to import (whatever it raises) is skipped.
+    """
+    for name in names:
+        before = _python_threads()
         with contextlib.suppress(Exception, SystemExit):
             importlib.import_module(name)
+        if _python_threads() > before:
+            return name
+    return None
 
 
-_preload(os.environ.pop(_VARIABLE, ""))
+def _restart_without(name: str, names: list[str]) -> None:
+    """Run the server's program again in this process, without ``name`` (never returns)."""
+    os.environ[_VARIABLE] = ",".join(n for n in names if n != name)
+    sys.stderr.write(
+        f"conc-ml: module {name!r} starts a thread when it is imported, so the fork server does not "
+        "import it (forking while a thread runs can hang the workers); the process workers import it "
+        "themselves\n"
+    )
+    sys.stderr.flush()
+    os.execv(sys.executable, sys.orig_argv)
+
+
+def main(listener_fd: int, alive_r: int, modules: list[str]) -> None:
+    """Preload, then fork a worker for each request on ``listener_fd`` until ``alive_r`` reaches EOF.
+
+    :param listener_fd: the listening Unix socket that callers connect to.
+    :param alive_r: read end of a pipe whose write end only the caller holds.
+    :param modules: the modules to import first (replaced by the environment variable's
+        list when the server started itself again without a module).
+    """
+    restarted = os.environ.pop(_VARIABLE, None)
+    names = modules if restarted is None else [n for n in restarted.split(",") if n]
+    threaded = preload(names)
+    if threaded is not None:
+        _restart_without(threaded, names)
+    _serve(listener_fd, alive_r)
+
+
+def _serve(listener_fd: int, alive_r: int) -> None:
+    from multiprocessing import forkserver, reduction, util
+
+    util._close_stdin()  # type: ignore[attr-defined]
+    sig_r, sig_w = os.pipe()
+    os.set_blocking(sig_r, False)
+    os.set_blocking(sig_w, False)
+    handlers: dict[signal.Signals, Any] = {signal.SIGCHLD: lambda *_: None, signal.SIGINT: signal.SIG_IGN}
+    old_handlers = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    signal.set_wakeup_fd(sig_w)
+    pid_to_fd: dict[int, int] = {}
+    try:
+        with (
+            socket.socket(socket.AF_UNIX, fileno=listener_fd) as listener,
+            selectors.DefaultSelector() as selector,
+        ):
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(alive_r, selectors.EVENT_READ)
+            selector.register(sig_r, selectors.EVENT_READ)
+            while True:
+                ready = [key.fileobj for key, _ in selector.select()]
+                if alive_r in ready:
+                    # EOF: the caller exited or was killed; its workers have nobody to work for.
+                    return
+                if sig_r in ready:
+                    os.read(sig_r, 65536)
+                    _reap(pid_to_fd, forkserver.write_signed)
+                if listener in ready:
+                    try:
+                        connection = listener.accept()[0]
+                    except OSError as error:
+                        if error.errno == errno.ECONNABORTED:
+                            continue
+                        raise
+                    with connection:
+                        fds = reduction.recvfds(connection, MAXFDS_TO_SEND + 1)
+                    if len(fds) > MAXFDS_TO_SEND:
+                        raise RuntimeError(f"too many ({len(fds)}) fds to send")
+                    child_r, child_w, *inherited = fds
+                    pid = os.fork()
+                    if pid == 0:
+                        code = 1
+                        try:
+                            listener.close()
+                            selector.close()
+                            for fd in (alive_r, child_w, sig_r, sig_w, *pid_to_fd.values()):
+                                os.close(fd)
+                            code = _serve_one(child_r, inherited, old_handlers)
+                        except Exception:
+                            sys.excepthook(*sys.exc_info())
+                            sys.stderr.flush()
+                        finally:
+                            os._exit(code)
+                    with contextlib.suppress(BrokenPipeError):
+                        forkserver.write_signed(child_w, pid)
+                    pid_to_fd[pid] = child_w
+                    for fd in (child_r, *inherited):
+                        os.close(fd)
+    finally:
+        for pid in pid_to_fd:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _reap(pid_to_fd: dict[int, int], write_signed: Any) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        child_w = pid_to_fd.pop(pid, None)
+        if child_w is not None:
+            with contextlib.suppress(BrokenPipeError):
+                write_signed(child_w, os.waitstatus_to_exitcode(status))
+            os.close(child_w)
+
+
+def _serve_one(child_r: int, fds: list[int], handlers: dict[Any, Any]) -> int:
+    """In a freshly forked worker: run the process object the caller sends."""
+    from multiprocessing import forkserver, resource_tracker, spawn
+
+    server = os.getppid()
+    _die_with_parent()
+    if os.getppid() != server:  # the server died before the request above took effect
+        return 1
+    signal.set_wakeup_fd(-1)
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    tracker_fd, *inherited = fds
+    resource_tracker._resource_tracker._fd = tracker_fd  # type: ignore[attr-defined]
+    forkserver._forkserver._inherited_fds = inherited  # type: ignore[attr-defined]
+    parent_sentinel = os.dup(child_r)
+    code: int = spawn._main(child_r, parent_sentinel)
+    return code

@@ -17,13 +17,16 @@ standard ``"forkserver"`` context as it is:
   what a worker prepares, as loky does (functions defined in ``__main__`` travel by value
   with cloudpickle).
 - **A server of our own**, so that a program that also uses the standard fork server with
-  its own preload list is not affected, and the other way round.
+  its own preload list is not affected, and the other way round. Its program is
+  :mod:`conc_ml._preload`: it runs with the caller's ``sys.path`` (never the current
+  directory first, as ``python -c`` has it), skips a module that fails to import or that
+  starts a thread, and ends with its caller, taking its workers with it.
 - **Preloading that cannot break the pool.** The standard server skips a preloaded module
   only when it raises :class:`ImportError`; any other error kills the server and with it
-  every later worker start. The server here imports a single module of ours,
-  :mod:`conc_ml._preload`, which imports the wanted modules and ignores their failures (a
-  module that really cannot be imported fails the chunk that needs it, with its own error,
-  as without preloading).
+  every later worker start. A module that really cannot be imported fails the chunk that
+  needs it, with its own error, as without preloading. A server that dies all the same
+  is a :class:`~conc_ml.errors.WorkerCrashedError` saying so, and the next call starts a
+  new one.
 
 Which modules. conc-ml's own (numpy, cloudpickle, loky's worker code) always; the modules
 that the first process call's function uses (its module and the modules of the globals
@@ -46,27 +49,28 @@ be put in their environment.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import multiprocessing.connection
 import multiprocessing.context
 import multiprocessing.forkserver
 import multiprocessing.popen_forkserver
 import multiprocessing.reduction
+import multiprocessing.resource_tracker
 import multiprocessing.spawn
 import multiprocessing.util
 import os
+import socket
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["PRELOAD_VARIABLE", "START_METHODS", "context", "preload", "start", "start_method", "started"]
+__all__ = ["START_METHODS", "context", "preload", "start", "start_method", "started"]
 
 #: the environment variable choosing how workers start, and its values (the first is the default)
 START_METHOD_VARIABLE = "CONC_ML_START_METHOD"
 START_METHODS = ("forkserver", "loky")
-
-#: how the server learns which modules to import (read and removed by conc_ml._preload)
-PRELOAD_VARIABLE = "CONC_ML_PRELOAD_MODULES"
 
 #: imported in the server whatever the function: what starting a worker and running a chunk needs
 ALWAYS = (
@@ -80,9 +84,94 @@ ALWAYS = (
 )
 
 _lock = threading.Lock()
-_server = multiprocessing.forkserver.ForkServer()
 _started = False
 _wanted: dict[str, None] = dict.fromkeys(ALWAYS)  # ordered set
+
+
+class _Server(multiprocessing.forkserver.ForkServer):
+    """The standard fork server's client, starting :func:`conc_ml._preload.main` as the server.
+
+    Two changes to how the server starts: ``-P`` and the caller's ``sys.path`` (the
+    standard server runs with the current directory first on its path), and the *alive*
+    pipe stays with the caller instead of being handed to every worker, so that the server
+    ends when the caller does (see :mod:`conc_ml._preload`).
+    """
+
+    _forkserver_address: Any
+    _forkserver_alive_fd: int | None
+    _forkserver_pid: int | None
+
+    def ensure_running(self) -> None:
+        with self._lock:  # type: ignore[attr-defined]
+            multiprocessing.resource_tracker.ensure_running()
+            if self._forkserver_pid is not None:
+                pid, _ = os.waitpid(self._forkserver_pid, os.WNOHANG)
+                if not pid:
+                    return
+                # It died (at start, or killed since): start a new one.
+                if self._forkserver_alive_fd is not None:
+                    os.close(self._forkserver_alive_fd)
+                self._forkserver_address = self._forkserver_alive_fd = self._forkserver_pid = None
+            with socket.socket(socket.AF_UNIX) as listener:
+                address = multiprocessing.connection.arbitrary_address("AF_UNIX")  # type: ignore[attr-defined]
+                listener.bind(address)
+                if not multiprocessing.util.is_abstract_socket_namespace(address):
+                    os.chmod(address, 0o600)
+                listener.listen()
+                alive_r, alive_w = os.pipe()
+                try:
+                    program = (
+                        f"import sys; sys.path[:] = {list(sys.path)!r}; "
+                        f"from conc_ml._preload import main; main({listener.fileno()}, {alive_r}, {list(_wanted)!r})"
+                    )
+                    executable = multiprocessing.spawn.get_executable()
+                    flags = multiprocessing.util._args_from_interpreter_flags()  # type: ignore[attr-defined]
+                    pid = multiprocessing.util.spawnv_passfds(
+                        os.fsencode(executable), [executable, *flags, "-P", "-c", program], [listener.fileno(), alive_r]
+                    )
+                except BaseException:
+                    os.close(alive_w)
+                    raise
+                finally:
+                    os.close(alive_r)
+                self._forkserver_address = address
+                self._forkserver_alive_fd = alive_w
+                self._forkserver_pid = pid
+
+    def connect_to_new_process(self, fds: Sequence[int]) -> tuple[int, int]:
+        self.ensure_running()
+        if len(fds) + 4 >= multiprocessing.forkserver.MAXFDS_TO_SEND:
+            raise ValueError("too many fds")
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(self._forkserver_address)
+            parent_r, child_w = os.pipe()
+            child_r, parent_w = os.pipe()
+            try:
+                tracker: int = multiprocessing.resource_tracker.getfd()  # type: ignore[assignment]
+                sent = [child_r, child_w, tracker, *fds]
+                multiprocessing.reduction.sendfds(client, sent)
+                return parent_r, parent_w
+            except BaseException:
+                os.close(parent_r)
+                os.close(parent_w)
+                raise
+            finally:
+                os.close(child_r)
+                os.close(child_w)
+
+    def forget(self) -> None:
+        """Drop a server already reaped, so that the next request starts a new one."""
+        with self._lock:  # type: ignore[attr-defined]
+            if self._forkserver_alive_fd is not None:
+                os.close(self._forkserver_alive_fd)
+            self._forkserver_address = self._forkserver_alive_fd = self._forkserver_pid = None
+
+    def pid(self) -> int | None:
+        """The server's process id, while it runs."""
+        return self._forkserver_pid
+
+
+_server = _Server()
 
 
 def start_method() -> str:
@@ -131,19 +220,8 @@ def start() -> None:
     with _lock:
         if _started:
             return
-        # The server inherits this process's environment when it is spawned; the variable
-        # is removed here right after, and in the server by conc_ml._preload.
-        previous = os.environ.get(PRELOAD_VARIABLE)
-        os.environ[PRELOAD_VARIABLE] = ",".join(_wanted)
-        try:
-            _server.set_forkserver_preload(["conc_ml._preload"])
-            _server.ensure_running()
-        finally:
-            if previous is None:
-                os.environ.pop(PRELOAD_VARIABLE, None)
-            else:
-                os.environ[PRELOAD_VARIABLE] = previous
         _started = True
+    _server.ensure_running()
 
 
 def _close_fds(*fds: int) -> None:
@@ -170,13 +248,42 @@ class _Popen(multiprocessing.popen_forkserver.Popen):
         finally:
             multiprocessing.context.set_spawning_popen(None)
         start()
-        self.sentinel, w = _server.connect_to_new_process(self._fds)
+        try:
+            self.sentinel, w = _server.connect_to_new_process(self._fds)
+        except (OSError, EOFError) as error:
+            raise _server_died(error) from error
         # A duplicate of the data pipe's write end is the worker's sign that we are alive.
         parent_w = os.dup(w)
         self.finalizer = multiprocessing.util.Finalize(self, _close_fds, (parent_w, self.sentinel))
         with open(w, "wb", closefd=True) as f:
             f.write(buf.getbuffer())
-        self.pid = multiprocessing.forkserver.read_signed(self.sentinel)
+        try:
+            self.pid = multiprocessing.forkserver.read_signed(self.sentinel)
+        except (OSError, EOFError) as error:
+            raise _server_died(error) from error
+
+
+def _server_died(error: BaseException) -> BaseException:
+    """The error for a worker that could not be started because the server is gone."""
+    from ..errors import WorkerCrashedError
+
+    pid = _server.pid()
+    code: int | None = None
+    if pid is not None:
+        with contextlib.suppress(ChildProcessError):
+            waited, status = os.waitpid(pid, os.WNOHANG)
+            if waited:
+                code = os.waitstatus_to_exitcode(status)
+                # Reaped here: the next call's ensure_running must not wait for it again.
+                _server.forget()
+    how = "" if code is None else (f" (killed by signal {-code})" if code < 0 else f" (exit code {code})")
+    return WorkerCrashedError(
+        f"conc-ml's fork server, which starts the process workers, died{how} before it could start one: "
+        f"{type(error).__name__}: {error}. A module it imports for the workers (see conc_ml.warm_up) may "
+        "crash the interpreter, or memory ran out. The next call starts a new server; if it keeps dying, "
+        f"set {START_METHOD_VARIABLE}=loky to start workers as fresh interpreters instead",
+        exitcode=code,
+    )
 
 
 class _Process(multiprocessing.context.ForkServerProcess):
