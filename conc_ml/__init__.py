@@ -5,6 +5,7 @@ from ._io_bound import IOBoundFunction as IOBoundFunction
 from ._io_bound import io_bound as io_bound
 from ._options import config as config
 from ._parallel import AsyncParallelFunction as AsyncParallelFunction
+from ._parallel import BoundParallelFunction as BoundParallelFunction
 from ._parallel import ParallelFunction as ParallelFunction
 from ._parallel import parallel as parallel
 from ._shared_memory import SharedMemoryFallbackWarning as SharedMemoryFallbackWarning
@@ -27,6 +28,7 @@ __all__ = [
     "AsyncIOBoundFunction",
     "AsyncParallelFunction",
     "BackendUnavailableError",
+    "BoundParallelFunction",
     "ChunkTimeoutError",
     "ConcMLError",
     "IOBoundFunction",

@@ -74,7 +74,9 @@ class InterceptedCall:
         function = self.function
         try:
             bound = function._call_signature.bind(*self.args, **self.kwargs)
-            split_names = _resolve_split_names(function._signature, self.options.split, function._name)
+            split_names = _resolve_split_names(
+                function._signature, self.options.split, function._name, function._method_kind
+            )
         except (TypeError, ValueError):
             return self  # the run raises the user's error
         changed = False

@@ -32,14 +32,16 @@ import queue
 import random
 import threading
 import time
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, Self, TypeVar, overload
 
 import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 from anyio.lowlevel import RunVar
 
+from ._methods import MethodKind, bind_target, unwrap_method
 from .backends._thread import InterruptibleThreadPool
 
 __all__ = ["AsyncIOBoundFunction", "IOBoundFunction", "IOBoundOptions", "io_bound"]
@@ -211,6 +213,29 @@ class _IOBoundBase(Generic[P, R]):
     def __reduce__(self) -> tuple[Any, ...]:
         # Locks and per-loop limiters stay behind: another process gets its own.
         return (type(self), (self._func, self._options))
+
+    #: set by the decorator when it wraps a classmethod or staticmethod
+    _method_kind = MethodKind.FUNCTION
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+    @overload
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> Any: ...
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> Any:
+        """Bind to the instance (or class) a method is looked up on, as a ``def`` would.
+
+        The bound copy shares this function's limiter, rate and options: ``concurrency``
+        and ``rate`` hold across all instances, as they do across all callers.
+        """
+        if instance is None and self._method_kind is not MethodKind.CLASS:
+            return self
+        target = bind_target(self._method_kind, instance, owner)
+        if target is None:
+            return self
+        bound = object.__new__(type(self))
+        bound.__dict__.update(self.__dict__)
+        bound._func = bound.__wrapped__ = types.MethodType(self._func, target)  # type: ignore[attr-defined]
+        return bound
 
     @property
     def io_options(self) -> IOBoundOptions:
@@ -798,13 +823,18 @@ def io_bound(
     )
 
     def decorate(target: Callable[..., Any]) -> _IOBoundBase[..., Any]:
+        target, method_kind = unwrap_method(target)
         if not callable(target):
             raise TypeError(f"@io_bound decorates a function, not {type(target).__name__}")
         if isinstance(target, _IOBoundBase):
             raise TypeError(f"{target._name}() is already decorated with @io_bound")
+        wrapper: _IOBoundBase[..., Any]
         if inspect.iscoroutinefunction(target):
-            return AsyncIOBoundFunction(target, options)
-        return IOBoundFunction(target, options)
+            wrapper = AsyncIOBoundFunction(target, options)
+        else:
+            wrapper = IOBoundFunction(target, options)
+        wrapper._method_kind = method_kind
+        return wrapper
 
     if func is not None:
         return decorate(func)

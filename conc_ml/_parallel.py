@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import types
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypedDict, TypeVar, Unpack, overload
 
 import anyio
 import anyio.to_thread
@@ -14,6 +15,7 @@ import anyio.to_thread
 from . import _intercept
 from ._combine import combine_results
 from ._engine import PreparedCall, iter_outcomes, iter_outcomes_async
+from ._methods import MethodKind, bind_target, implicit_parameter, unwrap_method
 from ._options import (
     Combine,
     ParallelOptions,
@@ -29,9 +31,10 @@ from ._seeding import chunk_seed, root_seed_sequence
 from ._split import Chunk, plan_chunks
 from .backends import get_backend
 
-__all__ = ["AsyncParallelFunction", "ParallelFunction", "ParallelKwargs", "parallel"]
+__all__ = ["AsyncParallelFunction", "BoundParallelFunction", "ParallelFunction", "ParallelKwargs", "parallel"]
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")
 R = TypeVar("R")
 
 #: the parameter that receives each chunk's random ``Generator``
@@ -52,8 +55,12 @@ class ParallelKwargs(TypedDict, total=False):
     progress: bool
 
 
-def _resolve_split_names(signature: inspect.Signature, split: Split, func_name: str) -> tuple[str, ...]:
-    params = list(signature.parameters.values())
+def _resolve_split_names(
+    signature: inspect.Signature, split: Split, func_name: str, method_kind: MethodKind = MethodKind.FUNCTION
+) -> tuple[str, ...]:
+    # A method's instance (or class) is never data: positions and the default skip it.
+    implicit = implicit_parameter(signature, method_kind)
+    params = [p for p in signature.parameters.values() if p.name != implicit]
     splittable = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != RNG_PARAMETER]
     if split is None:
         if not splittable:
@@ -118,8 +125,15 @@ class ParallelFunction(Generic[P, R]):
 
     is_async = False
 
-    def __init__(self, func: Callable[P, R], layer: dict[str, Any], overrides: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        func: Callable[P, R],
+        layer: dict[str, Any],
+        overrides: dict[str, Any] | None = None,
+        method_kind: MethodKind = MethodKind.FUNCTION,
+    ):
         functools.update_wrapper(self, func)
+        self._method_kind = method_kind
         self.__wrapped__: Callable[P, R] = func
         self._layer = layer
         self._overrides = overrides or {}
@@ -131,14 +145,27 @@ class ParallelFunction(Generic[P, R]):
         if self._rng_param is not None:
             self._call_signature = _signature_without_rng(self._signature, self._name)
         # Fail at decoration time on a split that names no parameter (or no parameter at all).
-        _resolve_split_names(self._signature, {**layer, **self._overrides}.get("split"), self._name)
+        _resolve_split_names(self._signature, {**layer, **self._overrides}.get("split"), self._name, method_kind)
 
     def __repr__(self) -> str:
         return f"<parallel function {self._name} {self._layer}>"
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Inside workers the wrapper is rebuilt around the plain function.
-        return (type(self), (self.__wrapped__, self._layer, self._overrides))
+        return (type(self), (self.__wrapped__, self._layer, self._overrides, self._method_kind))
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+    @overload
+    def __get__(
+        self: ParallelFunction[Concatenate[Any, Q], R], instance: object, owner: type[Any] | None = None
+    ) -> BoundParallelFunction[Q, R]: ...
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> Any:
+        """Bind to the instance (or class) a method is looked up on, as a ``def`` would."""
+        if instance is None and self._method_kind is not MethodKind.CLASS:
+            return self
+        target = bind_target(self._method_kind, instance, owner)
+        return self if target is None else BoundParallelFunction(self, target)
 
     # -- options ------------------------------------------------------------------
 
@@ -157,7 +184,7 @@ class ParallelFunction(Generic[P, R]):
             if layer.get(exclusive) is not None:
                 merged.pop(other, None)
         merged.update(layer)
-        return type(self)(self.__wrapped__, self._layer, merged)
+        return type(self)(self.__wrapped__, self._layer, merged, self._method_kind)
 
     # -- calls --------------------------------------------------------------------
 
@@ -210,7 +237,7 @@ class ParallelFunction(Generic[P, R]):
             )
         bound = self._call_signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        names = _resolve_split_names(self._signature, options.split, self._name)
+        names = _resolve_split_names(self._signature, options.split, self._name, self._method_kind)
         values = [bound.arguments[name] for name in names]
         workers = options.resolved_workers()
         plan = plan_chunks(values, names, chunks=options.chunks, chunk_size=options.chunk_size, workers=workers)
@@ -256,6 +283,68 @@ class ParallelFunction(Generic[P, R]):
             plan=plan,
             make_task=make_task,
         )
+
+
+class BoundParallelFunction(Generic[P, R]):
+    """A ``@parallel`` method looked up on an instance (a classmethod: on its class).
+
+    Each call passes the instance (or class) first, whole, like any argument that is not
+    split: process and dask workers receive a pickled copy of it, so changes a chunk makes
+    to ``self`` stay in the worker (as with any broadcast argument). ``.sequential``,
+    ``.options`` and ``.stream`` are bound the same way; ``__wrapped__`` is the plain bound
+    method.
+    """
+
+    def __init__(self, function: ParallelFunction[..., R], target: object):
+        self._function = function
+        self._target = target
+        self.__wrapped__: Callable[P, R] = types.MethodType(function.__wrapped__, target)
+        for name in ("__module__", "__name__", "__qualname__", "__doc__"):
+            setattr(self, name, getattr(function, name, None))
+
+    @property
+    def __self__(self) -> object:
+        """The instance (or class) the method is bound to."""
+        return self._target
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the method is ``async def`` (calls are then awaited)."""
+        return self._function.is_async
+
+    def __repr__(self) -> str:
+        return f"<bound parallel method {self._function._name} of {self._target!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BoundParallelFunction):
+            return NotImplemented
+        return self._function is other._function and self._target is other._target
+
+    def __hash__(self) -> int:
+        return hash((id(self._function), id(self._target)))
+
+    def resolved_options(self) -> ParallelOptions:
+        """The options a call made now would use, after every layer of precedence."""
+        return self._function.resolved_options()
+
+    def options(self, **overrides: Unpack[ParallelKwargs]) -> BoundParallelFunction[P, R]:
+        """A copy, bound to the same instance, whose calls use ``overrides`` above every other source.
+
+        :raises TypeError, ValueError: on a keyword or value that is not allowed.
+        """
+        return BoundParallelFunction(self._function.options(**overrides), self._target)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run the method on chunks of the split argument(s) and combine the results."""
+        return self._function(self._target, *args, **kwargs)
+
+    def sequential(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """The same call (same chunks, seeds and combine), chunk after chunk in this thread."""
+        return self._function.sequential(self._target, *args, **kwargs)
+
+    def stream(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Yield ``(chunk index, chunk result)`` as chunks finish (an async iterator for ``async def``)."""
+        return self._function.stream(self._target, *args, **kwargs)
 
 
 def _preload_in_process_workers(func: Callable[..., Any]) -> None:
@@ -397,12 +486,13 @@ def parallel(func: Callable[..., Any] | None = None, /, **options: Unpack[Parall
     layer = validate_layer(options, where="@parallel")
 
     def decorate(target: Callable[..., Any]) -> ParallelFunction[..., Any]:
+        target, method_kind = unwrap_method(target)
         if not callable(target):
             raise TypeError(f"@parallel decorates a function, not {type(target).__name__}")
         if isinstance(target, ParallelFunction):
             raise TypeError(f"{target.__wrapped__.__qualname__}() is already decorated with @parallel")
         cls = AsyncParallelFunction if inspect.iscoroutinefunction(target) else ParallelFunction
-        return cls(target, layer)
+        return cls(target, layer, method_kind=method_kind)
 
     if func is not None:
         return decorate(func)

@@ -141,7 +141,12 @@ class ConcBench:
         __tracebackhide__ = True
         from conc_ml import ParallelFunction
         from conc_ml._intercept import InterceptedCall
+        from conc_ml._parallel import BoundParallelFunction
 
+        if isinstance(func, BoundParallelFunction):
+            # A method looked up on an instance: the class's function with the instance first.
+            args = (func._target, *args)
+            func = func._function
         if not isinstance(func, ParallelFunction):
             raise TypeError(
                 f"conc_bench() takes a function decorated with @conc_ml.parallel, not {type(func).__name__} "

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._options import Seed
-from .._parallel import ParallelFunction
+from .._parallel import BoundParallelFunction, ParallelFunction
 from .._seeding import chunk_seed, root_seed_sequence
 from ..errors import ConcMLError, ParityError
 from ._equivalence import _show, check_tolerances, find_difference
@@ -76,7 +76,7 @@ def _same_outcome(actual: _Outcome, expected: _Outcome, rtol: float, atol: float
 
 
 def assert_parallel_equivalent(
-    func: ParallelFunction[..., Any],
+    func: ParallelFunction[..., Any] | BoundParallelFunction[..., Any],
     *args: Any,
     backends: str | Iterable[str] | None = None,
     workers: int | Iterable[int | None] | None = 2,
@@ -124,6 +124,11 @@ def assert_parallel_equivalent(
     :raises BackendUnavailableError: if a backend is unknown or not installed.
     :raises ConcMLError: the error of the sequential run, if conc-ml itself refused it.
     """
+    if isinstance(func, BoundParallelFunction):
+        # A method looked up on an instance: the same call as the class's function with
+        # the instance first.
+        args = (func._target, *args)
+        func = func._function
     if not isinstance(func, ParallelFunction):
         raise TypeError(
             f"assert_parallel_equivalent needs a function decorated with @conc_ml.parallel, "
