@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 
+from ._checkpoint import RESUMED_FROM_CHECKPOINT, CallLedger, progress_note
 from ._options import ParallelOptions
 from ._runner import ChunkOutcome, ChunkTask, run_chunk, run_chunk_async
 from ._split import Chunk, ChunkPlan
@@ -39,6 +40,8 @@ class PreparedCall:
     workers: int
     plan: ChunkPlan
     make_task: Callable[[Chunk], ChunkTask]
+    #: retries and checkpoint of the call
+    ledger: CallLedger = dataclasses.field(default_factory=CallLedger)
     #: set from another thread to stop the call (an async caller was cancelled)
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
 
@@ -140,9 +143,29 @@ def _raise_translated(
     if translated is not None:
         if isinstance(translated, WorkerCrashedError):
             _note_chunks_in_flight(translated, chunk, others)
+            call.ledger.note_attempts(translated, chunk)
         raise translated from error
     if _is_pickling_error(error):
         raise _serialization_error(error, chunk, task, call) from error
+
+
+def _count_resumed(progress: Any, chunk: Chunk, ledger: CallLedger) -> None:
+    if progress is not None:
+        progress.set_postfix_str(progress_note(ledger), refresh=False)
+        progress.update(chunk.n_items)
+
+
+def _submit_again(
+    call: PreparedCall, executor: concurrent.futures.Executor, task: ChunkTask
+) -> tuple[concurrent.futures.Executor, concurrent.futures.Future[ChunkOutcome]]:
+    """Submit a chunk whose worker died; on a pool that broke with it, on a fresh pool."""
+    try:
+        return executor, executor.submit(run_chunk, task)
+    except Exception:
+        # loky marks its pool broken before it fails the futures: the next one is built anew.
+        call.backend.release(executor, abort=True, stop_running=False)
+        executor = call.backend.open(call.workers, call.options.settings)
+        return executor, executor.submit(run_chunk, task)
 
 
 def iter_outcomes(call: PreparedCall) -> Generator[tuple[Chunk, ChunkOutcome], None, None]:
@@ -154,6 +177,7 @@ def iter_outcomes(call: PreparedCall) -> Generator[tuple[Chunk, ChunkOutcome], N
     pending chunks are cancelled and the executor is released before this returns.
     """
     backend = call.backend
+    ledger = call.ledger
     window = max(1, backend.max_in_flight_per_worker * call.workers)
     deadline = None if call.options.timeout is None else time.monotonic() + call.options.timeout
     chunks = iter(call.plan.chunks)
@@ -176,10 +200,22 @@ def iter_outcomes(call: PreparedCall) -> Generator[tuple[Chunk, ChunkOutcome], N
                 if chunk is None:
                     exhausted = True
                     break
+                resumed = ledger.resume(chunk)
+                if resumed is not None:
+                    completed += 1
+                    _count_resumed(progress, chunk, ledger)
+                    yield chunk, resumed
+                    continue
                 task = call.make_task(chunk)
                 try:
                     future = executor.submit(run_chunk, task)
                 except Exception as error:
+                    if ledger.retries and isinstance(backend.translate_error(error, chunk.index), WorkerCrashedError):
+                        # The pool broke under earlier chunks (retried as their futures fail):
+                        # this one never ran, so it goes to a fresh pool uncounted.
+                        executor, future = _submit_again(call, executor, task)
+                        pending[future] = (chunk, task)
+                        continue
                     # A pool that broke since the last chunk was sent (a worker died
                     # running an earlier chunk) refuses new ones: report that chunk's crash.
                     in_flight = sorted(pending.values(), key=lambda item: item[0].index)
@@ -209,10 +245,15 @@ def iter_outcomes(call: PreparedCall) -> Generator[tuple[Chunk, ChunkOutcome], N
                         chunk=chunk.index,
                     ) from None
                 except Exception as error:
+                    if ledger.may_retry(backend.translate_error(error, chunk.index), chunk):
+                        executor, retried = _submit_again(call, executor, task)
+                        pending[retried] = (chunk, task)
+                        continue
                     _raise_translated(error, chunk, task, call, pending.values())
                     raise
                 if outcome.failure is not None:
                     raise_failure(outcome, chunk, call)
+                ledger.keep(chunk, outcome)
                 completed += 1
                 if progress is not None:
                     progress.update(chunk.n_items)
@@ -233,6 +274,7 @@ def iter_outcomes(call: PreparedCall) -> Generator[tuple[Chunk, ChunkOutcome], N
         if progress is not None:
             progress.close()
         backend.release(executor, abort=abort, stop_running=stop_running)
+        ledger.report(call.function_name, call.plan.n_chunks)
 
 
 async def iter_outcomes_async(call: PreparedCall) -> AsyncGenerator[tuple[Chunk, ChunkOutcome], None]:
@@ -246,6 +288,7 @@ async def iter_outcomes_async(call: PreparedCall) -> AsyncGenerator[tuple[Chunk,
     progress = _progress_bar(call)
     timeout = call.options.timeout
     completed = 0
+    ledger = call.ledger
 
     async def run_one(chunk: Chunk, task: ChunkTask, token: object) -> None:
         try:
@@ -257,6 +300,11 @@ async def iter_outcomes_async(call: PreparedCall) -> AsyncGenerator[tuple[Chunk,
     async def produce() -> None:
         async with send, anyio.create_task_group() as group:
             for chunk in call.plan.chunks:
+                if ledger.checkpointing:
+                    resumed = await anyio.to_thread.run_sync(ledger.resume, chunk)
+                    if resumed is not None:
+                        await send.send((chunk, resumed))
+                        continue
                 token = object()
                 await limiter.acquire_on_behalf_of(token)
                 group.start_soon(run_one, chunk, call.make_task(chunk), token)
@@ -287,8 +335,12 @@ async def iter_outcomes_async(call: PreparedCall) -> AsyncGenerator[tuple[Chunk,
                         if outcome.failure is not None:
                             outer.cancel_scope.cancel()
                             raise_failure(outcome, chunk, call)
+                        if ledger.checkpointing:
+                            await anyio.to_thread.run_sync(ledger.keep, chunk, outcome)
                         completed += 1
-                        if progress is not None:
+                        if outcome.worker == RESUMED_FROM_CHECKPOINT:
+                            _count_resumed(progress, chunk, ledger)
+                        elif progress is not None:
                             progress.update(chunk.n_items)
                         yield chunk, outcome
                 except GeneratorExit:
@@ -304,3 +356,4 @@ async def iter_outcomes_async(call: PreparedCall) -> AsyncGenerator[tuple[Chunk,
     finally:
         if progress is not None:
             progress.close()
+        ledger.report(call.function_name, call.plan.n_chunks)

@@ -40,7 +40,12 @@ class InterceptedCall:
         return self.function.is_async
 
     def run(self, **overrides: Any) -> Any:
-        """Run the call in parallel, with ``overrides`` (``@parallel`` keywords) on top."""
+        """Run the call in parallel, with ``overrides`` (``@parallel`` keywords) on top.
+
+        A ``checkpoint`` is left out unless ``overrides`` name one: each timed round must run
+        its chunks, not load those of the round before.
+        """
+        overrides = {"checkpoint": None, **overrides}
         return self.function.options(**overrides)._run(self.args, self.kwargs, intercept=False)
 
     def run_sequential(self, **overrides: Any) -> Any:

@@ -56,6 +56,8 @@ class ParallelOptions:
     seed: Seed = None
     timeout: float | None = None
     progress: bool = False
+    retries: int = 0
+    checkpoint: str | os.PathLike[str] | None = None
     #: backend settings from ``config()`` (``address=`` for dask, ...)
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -145,9 +147,30 @@ def validate_layer(layer: Mapping[str, Any], *, where: str, extra: tuple[str, ..
             out["timeout"] = float(timeout)
     if "progress" in out and not isinstance(out["progress"], bool):
         raise TypeError(f"progress must be True or False, not {out['progress']!r}")
+    if "retries" in out:
+        retries = out["retries"]
+        if isinstance(retries, bool) or not isinstance(retries, numbers.Integral):
+            raise TypeError(f"retries must be an int >= 0 (0: no retry), not {type(retries).__name__} {retries!r}")
+        if retries < 0:
+            raise ValueError(f"retries must be an int >= 0 (0: no retry), got {retries!r}")
+        out["retries"] = int(retries)
+    if "checkpoint" in out:
+        out["checkpoint"] = _validate_checkpoint(out["checkpoint"])
     if "allow_nested" in out and not isinstance(out["allow_nested"], bool):
         raise TypeError(f"allow_nested must be True or False, not {out['allow_nested']!r}")
     return out
+
+
+def _validate_checkpoint(checkpoint: object) -> str | os.PathLike[str] | None:
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, str | os.PathLike) or not isinstance(os.fspath(checkpoint), str):
+        raise TypeError(
+            f"checkpoint must be a folder given as a str or os.PathLike (or None), not {type(checkpoint).__name__}"
+        )
+    if not os.fspath(checkpoint):
+        raise ValueError("checkpoint must name a folder, got an empty path; use None for no checkpoint")
+    return checkpoint
 
 
 def _validate_split(split: object) -> Split:

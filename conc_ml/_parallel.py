@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import types
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypedDict, TypeVar, Unpack, overload
@@ -13,6 +14,7 @@ import anyio
 import anyio.to_thread
 
 from . import _intercept
+from ._checkpoint import open_ledger
 from ._combine import combine_results
 from ._engine import PreparedCall, iter_outcomes, iter_outcomes_async
 from ._methods import MethodKind, bind_target, implicit_parameter, unwrap_method
@@ -53,6 +55,8 @@ class ParallelKwargs(TypedDict, total=False):
     seed: Seed
     timeout: float | None
     progress: bool
+    retries: int
+    checkpoint: str | os.PathLike[str] | None
 
 
 def _resolve_split_names(
@@ -282,6 +286,16 @@ class ParallelFunction(Generic[P, R]):
             workers=workers,
             plan=plan,
             make_task=make_task,
+            ledger=open_ledger(
+                options,
+                func=func,
+                function_name=self._name,
+                arguments=arguments,
+                split_names=names,
+                root=root,
+                # ``.sequential`` is the reference a resumed run is checked against: it computes.
+                reference=forced_backend is not None,
+            ),
         )
 
 
@@ -480,6 +494,12 @@ def parallel(func: Callable[..., Any] | None = None, /, **options: Unpack[Parall
     :param seed: root of the per-chunk streams given to a parameter named ``rng``.
     :param timeout: seconds for the whole call.
     :param progress: show a tqdm bar counting items.
+    :param retries: times a chunk is run again after its worker died (same chunk, same
+        stream, same result); when a process pool breaks, every chunk in flight counts one.
+    :param checkpoint: a folder where each finished chunk is kept, so that the same call
+        (function, inputs, chunking, seed) made again, after a crash or a kill, loads them
+        and runs only the others. Entries are pickles: trust the folder as you would
+        joblib's ``Memory``. ``.sequential`` neither reads nor writes it.
     :raises TypeError, ValueError: on an option that is not allowed.
     :raises BackendUnavailableError: on an unknown or uninstalled backend.
     """
