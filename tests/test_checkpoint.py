@@ -346,3 +346,25 @@ def test_options_and_config_layer_retries_and_checkpoint(store: Path) -> None:
         assert func.resolved_options().checkpoint == store
         assert func.options(retries=0, checkpoint=None).resolved_options().retries == 0
         assert func.options(retries=0, checkpoint=None).resolved_options().checkpoint is None
+
+
+def test_conc_bench_rounds_run_their_chunks_instead_of_loading_the_checkpoint(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        from conc_ml import parallel
+
+        CHUNK_CALLS = []
+
+        @parallel(backend="thread", chunks=2, workers=2, checkpoint="kept")
+        def square(values):
+            CHUNK_CALLS.append(values)
+            return [v * v for v in values]
+
+        def test_square():
+            assert square([1, 2, 3, 4]) == [[1, 4], [9, 16]]
+            # warmup 1 + rounds 3, each running the parallel path and .sequential, 2 chunks each
+            assert len(CHUNK_CALLS) == (1 + 3) * 2 * 2
+        """
+    )
+    result = pytester.runpytest("--conc-bench", "--conc-bench-rounds=3", "-p", "no:randomly")
+    result.assert_outcomes(passed=1)
