@@ -193,9 +193,9 @@ class WorkloadStats:
 
 
 def _shut_down_process_pool() -> None:
-    from loky import get_reusable_executor
+    from conc_ml.backends._process import shut_down_pool
 
-    get_reusable_executor().shutdown(wait=True)
+    shut_down_pool()
 
 
 def _census_counts() -> dict[str, int]:

@@ -106,17 +106,17 @@ def _warn_fallback(nbytes: int, free: int | None) -> None:
 
 
 def _track(path: str) -> None:
-    from loky.backend import resource_tracker
+    from ._loky import register_file
 
-    resource_tracker.register(path, "file")
+    register_file(path)
 
 
 def _untrack_and_delete(path: str) -> None:
-    from loky.backend import resource_tracker
+    from ._loky import unregister_file
 
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    resource_tracker.unregister(path, "file")
+    unregister_file(path)
 
 
 def _new_segment(nbytes: int, fill: Callable[[int], None]) -> str:

@@ -76,7 +76,7 @@ START_METHODS = ("forkserver", "loky")
 ALWAYS = (
     "numpy",
     "cloudpickle",
-    "loky.process_executor",
+    "joblib.externals.loky.process_executor",  # conc_ml._loky.WORKER_MODULE
     "threadpoolctl",
     "conc_ml._runner",
     "conc_ml._shared_memory",

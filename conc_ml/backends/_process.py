@@ -1,18 +1,26 @@
-"""The ``process`` backend: loky's reusable executor.
+"""The ``process`` backend: one loky process pool for the whole program.
 
-loky gives what a home-made pool would get wrong: cloudpickle for lambdas, closures and
-functions defined in ``__main__`` or notebooks; detection of workers that die (signal,
-``os._exit``, OOM killer); and warm workers reused across calls, so imports and process
-start are paid once. BLAS/OpenMP pools in the workers are capped through the environment
-loky starts them with, so that workers x inner threads <= CPUs.
+loky (the copy joblib ships, see :mod:`conc_ml._loky`) gives what a home-made pool would
+get wrong: cloudpickle for lambdas, closures and functions defined in ``__main__`` or
+notebooks; detection of workers that die (signal, ``os._exit``, OOM killer); and warm
+workers reused across calls, so imports and process start are paid once. BLAS/OpenMP
+pools in the workers are capped through the environment loky starts them with, so that
+workers x inner threads <= CPUs.
+
+``workers`` is a cap for the process as a whole: every calling thread and every
+concurrent ``await`` shares the one pool (recent versions of loky keep their reusable
+executor per thread, which would make ``workers`` a cap per thread). A call asking for
+another pool size while other calls use the pool shares it at its current size; the
+pool is rebuilt at the new size once it is idle.
 """
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import os
 import re
 import signal
+import threading
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import Any, ClassVar
@@ -20,7 +28,7 @@ from typing import Any, ClassVar
 from .._options import usable_cpus
 from ..errors import SerializationError, WorkerCrashedError
 
-__all__ = ["ProcessBackend", "inner_thread_env", "limit_inner_threads"]
+__all__ = ["ProcessBackend", "inner_thread_env", "limit_inner_threads", "shut_down_pool"]
 
 #: seconds an idle worker waits for work before loky shuts it down
 IDLE_TIMEOUT = 300
@@ -61,25 +69,73 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
-def _unblock_call_queue(call_queue: Any) -> None:
-    """Let the feeder thread of a dead pool's call queue end, so that it frees its pipe.
+class _SharedPool:
+    """The program's one process pool, lent to every call, from any thread."""
 
-    The feeder thread writes pickled tasks into a pipe that the workers read. When they
-    are killed with a task larger than the pipe's buffer half-sent, nobody reads the rest
-    and the thread blocks in ``write`` for good, keeping the pipe's two descriptors and the
-    queue's semaphores (found by ``benchmarks/soak.py``: one thread, two fds and three
-    ``/dev/shm`` entries per timeout or crash). This process still holds the pipe's read
-    end; closing it makes the write fail with EPIPE once the workers are gone, and the
-    thread ends. The pool is dead, so nothing else reads from that end.
-    """
-    reader = getattr(call_queue, "_reader", None)
-    if reader is not None:
-        with contextlib.suppress(OSError):
-            reader.close()
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: Executor | None = None
+        self._workers = 0
+        self._users = 0
+
+    def lend(self, workers: int) -> Executor:
+        """The pool, (re)built with ``workers`` workers if it is dead or idle at another size."""
+        from .. import _loky
+        from ._forkserver import context
+
+        with self._lock:
+            pool = self._pool
+            usable = pool is not None and not _loky.is_broken(pool) and not _loky.is_shut_down(pool)
+            if pool is not None and (not usable or (self._workers != workers and self._users == 0)):
+                # Idle, or dead: its chunks are done or lost already, nothing waits.
+                pool.shutdown(wait=False)
+                pool = None
+            if pool is None:
+                env = inner_thread_env(workers)
+                pool = _loky.ProcessPoolExecutor(
+                    max_workers=workers,
+                    timeout=IDLE_TIMEOUT,
+                    # Workers are forked from a server that has imported their modules (see
+                    # conc_ml.backends._forkserver), or started fresh when CONC_ML_START_METHOD=loky.
+                    context=context(),
+                    env=env,
+                    initializer=limit_inner_threads,
+                    initargs=(env,),
+                )
+                self._pool, self._workers = pool, workers
+            self._users += 1
+            return pool
+
+    def give_back(self) -> None:
+        with self._lock:
+            self._users = max(0, self._users - 1)
+
+    def forget(self) -> None:
+        """Drop the reference at exit, while the modules that loky's clean-up uses still exist."""
+        with self._lock:
+            self._pool = None
+
+    def shut_down(self) -> None:
+        """Stop the pool's workers and forget it (the next call starts a new one)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+_shared_pool = _SharedPool()
+# loky joins its workers at exit on its own; a pool collected later, during the teardown of
+# modules, would print a traceback from loky's weakref callback.
+atexit.register(_shared_pool.forget)
+
+
+def shut_down_pool() -> None:
+    """Shut the warm process pool down now, waiting for its workers to exit (tests, ``warm_up``)."""
+    _shared_pool.shut_down()
 
 
 class ProcessBackend:
-    """Chunks on loky's reusable process pool."""
+    """Chunks on the program's one loky process pool."""
 
     name: ClassVar[str] = "process"
     crosses_processes: ClassVar[bool] = True
@@ -89,42 +145,29 @@ class ProcessBackend:
     max_in_flight_per_worker: ClassVar[int] = 4
 
     def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:
-        from loky import get_reusable_executor
-
         from .._shared_memory import SharingExecutor
-        from ._forkserver import context
 
-        env = inner_thread_env(workers)
-        pool: Executor = get_reusable_executor(
-            max_workers=workers,
-            timeout=IDLE_TIMEOUT,
-            # Workers are forked from a server that has imported their modules (see
-            # conc_ml.backends._forkserver), or started fresh when CONC_ML_START_METHOD=loky.
-            context=context(),
-            env=env,
-            initializer=limit_inner_threads,
-            initargs=(env,),
-        )
+        pool = _shared_pool.lend(workers)
         # issue 6: large numpy arguments travel through shared memory (see conc_ml._shared_memory).
         return SharingExecutor(pool)
 
     def release(self, executor: Executor, *, abort: bool, stop_running: bool) -> None:
+        from .. import _loky
         from .._shared_memory import SharingExecutor
 
         sharing = executor if isinstance(executor, SharingExecutor) else None
         if sharing is not None:
             executor = sharing.pool
-        call_queue = getattr(executor, "_call_queue", None)
         try:
             if stop_running:
-                # The only way to stop a chunk that is running in a process; loky builds a
-                # fresh pool on the next call.
-                executor.shutdown(wait=True, kill_workers=True)  # type: ignore[call-arg]
-                _unblock_call_queue(call_queue)
-            elif abort and getattr(getattr(executor, "_flags", None), "broken", None) is not None:
-                # A worker died: loky kills the others and drops this pool.
-                _unblock_call_queue(call_queue)
+                # The only way to stop a chunk that is running in a process: the pool goes
+                # (with the chunks of other calls sharing it) and the next call builds a new one.
+                _loky.kill_workers(executor)
+            elif abort and _loky.is_broken(executor):
+                # A worker died: loky kills the others; the next call builds a new pool.
+                _loky.unblock_call_queue(executor)
         finally:
+            _shared_pool.give_back()
             if sharing is not None:
                 # Segments go once the chunks still running are done (at once after a kill).
                 sharing.close()
@@ -132,6 +175,7 @@ class ProcessBackend:
     def translate_error(self, error: BaseException, chunk: int) -> BaseException | None:
         from concurrent.futures.process import BrokenProcessPool
 
+        # loky's BrokenProcessPool derives from the standard library's.
         if not isinstance(error, BrokenProcessPool):
             return None
         text = str(error)

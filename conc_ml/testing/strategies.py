@@ -18,7 +18,7 @@ Hypothesis with worker processes, in practice:
 - **No deadline** (``deadline=None``): the first example pays for starting the pool and
   importing your code in each worker, hundreds of milliseconds that hypothesis would
   otherwise report as a flaky deadline.
-- **A warm pool for the session**: the ``process`` backend reuses loky's executor across
+- **A warm pool for the session**: the ``process`` backend reuses its one loky pool across
   calls with the same worker count, but a new count rebuilds it (process start and
   imports again, most of a second). Fix the count for process runs
   (``parallel_configs(min_workers=2, max_workers=2)``) and start the pool once in a

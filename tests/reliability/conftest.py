@@ -70,10 +70,10 @@ def run_scenario(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def _shut_down_loky() -> None:
-    # loky's pool is kept warm across calls on purpose: shut it down before counting.
-    from loky import get_reusable_executor
+    # The process pool is kept warm across calls on purpose: shut it down before counting.
+    from conc_ml.backends._process import shut_down_pool
 
-    get_reusable_executor().shutdown(wait=True)
+    shut_down_pool()
 
 
 @pytest.fixture(scope="package", autouse=True)

@@ -1,0 +1,91 @@
+"""The one place that touches loky: the copy joblib ships, ``joblib.externals.loky``.
+
+Why joblib's copy rather than the ``loky`` distribution: scikit-learn's ``n_jobs`` runs on
+joblib, and joblib on its own copy of loky. Two copies in one program mean two resource
+trackers, each deleting the other's memory-mapped folders and printing ``KeyError``
+tracebacks and "leaked file objects" warnings at exit. With one copy there is one
+tracker, and conc-ml's calls and scikit-learn's run side by side in silence. (joblib is
+installed with scikit-learn anyway.)
+
+Everything here that reads a private attribute of loky says so; when loky changes, this
+module is the one to fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import Executor
+from typing import Any
+
+from joblib.externals import loky
+from joblib.externals.loky.backend import resource_tracker
+
+__all__ = [
+    "BrokenProcessPool",
+    "ProcessPoolExecutor",
+    "cpu_count",
+    "is_broken",
+    "is_shut_down",
+    "kill_workers",
+    "loky",
+    "register_file",
+    "unblock_call_queue",
+    "unregister_file",
+]
+
+ProcessPoolExecutor = loky.ProcessPoolExecutor
+BrokenProcessPool = loky.BrokenProcessPool
+cpu_count = loky.cpu_count
+
+#: what a worker imports to run loky's worker loop (the fork server preloads it)
+WORKER_MODULE = "joblib.externals.loky.process_executor"
+
+
+def register_file(path: str) -> None:
+    """Have loky's resource tracker delete ``path`` if this process dies without doing so."""
+    resource_tracker.register(path, "file")
+
+
+def unregister_file(path: str) -> None:
+    """Undo :func:`register_file` (the file was deleted by its owner)."""
+    resource_tracker.unregister(path, "file")
+
+
+def is_broken(pool: Executor) -> bool:
+    """Whether a worker of ``pool`` died (loky then refuses new tasks)."""
+    flags = getattr(pool, "_flags", None)  # private: loky's _ExecutorFlags
+    return getattr(flags, "broken", None) is not None
+
+
+def is_shut_down(pool: Executor) -> bool:
+    """Whether ``pool`` was shut down (by us, or by loky after a crash)."""
+    flags = getattr(pool, "_flags", None)
+    return bool(getattr(flags, "shutdown", False))
+
+
+def kill_workers(pool: Executor) -> None:
+    """Shut ``pool`` down now, killing its workers, and free its call queue (see :func:`unblock_call_queue`)."""
+    call_queue = getattr(pool, "_call_queue", None)  # private; shutdown() drops it
+    pool.shutdown(wait=True, kill_workers=True)  # type: ignore[call-arg]
+    _unblock(call_queue)
+
+
+def unblock_call_queue(pool: Executor) -> None:
+    """Let the feeder thread of a dead pool's call queue end, so that it frees its pipe.
+
+    The feeder thread writes pickled tasks into a pipe that the workers read. When they
+    are killed with a task larger than the pipe's buffer half-sent, nobody reads the rest
+    and the thread blocks in ``write`` for good, keeping the pipe's two descriptors and the
+    queue's semaphores (one thread, two fds and three ``/dev/shm`` entries per timeout or
+    crash). This process still holds the pipe's read end; closing it makes the write fail
+    with EPIPE once the workers are gone, and the thread ends. The pool is dead, so
+    nothing else reads from that end.
+    """
+    _unblock(getattr(pool, "_call_queue", None))  # private: loky's _SafeQueue
+
+
+def _unblock(call_queue: Any) -> None:
+    reader = getattr(call_queue, "_reader", None)
+    if reader is not None:
+        with contextlib.suppress(OSError):
+            reader.close()
