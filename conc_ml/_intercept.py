@@ -39,6 +39,10 @@ class InterceptedCall:
         """Whether the function is ``async def`` (then :meth:`run` returns an awaitable)."""
         return self.function.is_async
 
+    def with_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> InterceptedCall:
+        """The same call on other arguments (a copy of these, for a round that must not touch the caller's)."""
+        return dataclasses.replace(self, args=args, kwargs=kwargs)
+
     def run(self, **overrides: Any) -> Any:
         """Run the call in parallel, with ``overrides`` (``@parallel`` keywords) on top.
 

@@ -1,11 +1,14 @@
 """Running one ``@parallel`` call both ways: parity check, timing, and the ``conc_bench`` fixture.
 
 The same protocol serves calls intercepted under ``--conc-bench`` and explicit
-``conc_bench(func, ...)`` calls. For each configuration (the call's own, or each
-backend x workers of a sweep) it runs, per round, the parallel path and then
-``.sequential`` with the same seed, checks that the two results are equivalent, and
-times both. Rounds alternate the two sides so that a slow drift of the machine
-(another process, thermal throttling) weighs on both alike.
+``conc_bench(func, ...)`` calls. First the call as written runs, once, on the test's own
+arguments (with a pinned seed): the test receives its result and its arguments end as it
+leaves them. Every other run works on a deep copy of the arguments taken before that call:
+for each configuration (the call's own, or each backend x workers of a sweep) it runs, per
+round, the parallel path and then ``.sequential`` with the same seed, checks that the two
+results, and the arguments the two runs leave, are equivalent, and times both. The call
+as written is also held against a sequential run of its own configuration. Rounds
+alternate the two sides so that a slow drift of the machine weighs on both alike.
 
 ``async def`` functions are benchmarked in the caller's event loop: the intercepted call
 returns a coroutine that awaits every round, so an async test sees an awaitable as usual.
@@ -14,13 +17,15 @@ returns a coroutine that awaits every round, so an async test sees an awaitable 
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
+import fnmatch
 import itertools
 import secrets
 import threading
 import time
-from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .parity import check_parity, max_difference
 from .stats import Measurement, Parity, Stats
@@ -56,6 +61,19 @@ class BenchPlan:
     backends: tuple[str, ...] = ()
     workers: tuple[int, ...] = ()
     min_speedup: float | None = None
+    #: leave calls alone: ``True`` for every call, else function names and fnmatch patterns
+    exclude: bool | tuple[str, ...] = ()
+
+    def excludes(self, function: Any) -> bool:
+        """Whether calls of ``function`` (a ``@parallel`` function) run once, as written, unchecked."""
+        if self.exclude is True:
+            return True
+        if not self.exclude:
+            return False
+        wrapped = getattr(function, "__wrapped__", function)
+        qualname = str(getattr(wrapped, "__qualname__", ""))
+        names = {qualname, f"{getattr(wrapped, '__module__', '')}.{qualname}"}
+        return any(fnmatch.fnmatchcase(name, pattern) for name in names for pattern in self.exclude)
 
     def configurations(self) -> list[dict[str, Any]]:
         """The ``.options()`` overrides of each configuration, backends outermost."""
@@ -72,47 +90,98 @@ class BenchPlan:
         return configurations
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallSlot:
+    """Where one intercepted call goes in the report.
+
+    :ivar fullname: node id, name and ``#n`` from the name's second row on: unique within a run.
+    :ivar call: 1 for the first call of the name in the test (or at the site), 2 for the next, ...
+    :ivar site: where the test made the call, ``path:line``.
+    :ivar repeat: a later call at a site whose first call was measured (hypothesis examples):
+        check it, do not time it, and count it into the site's row.
+    """
+
+    fullname: str
+    call: int
+    site: str
+    repeat: bool
+
+
 class Recorder:
     """Collects the rows one test produces, naming repeated calls apart.
 
     :param nodeid: the test's node id.
     :param test: the test's name, shown in the table.
     :param sink: receives every row as it is recorded (the session's list).
+    :param per_site: one row per call site and configuration (a hypothesis test calls its
+        functions once per example): later calls at a site are checked and counted, not timed.
     """
 
-    def __init__(self, nodeid: str, test: str, sink: Callable[[Measurement], None]):
+    def __init__(self, nodeid: str, test: str, sink: Callable[[Measurement], None], *, per_site: bool = False):
         self.nodeid = nodeid
         self.test = test
+        self.per_site = per_site
         self.rows: list[Measurement] = []
         self._sink = sink
         self._seen: collections.Counter[str] = collections.Counter()
+        self._sites: dict[tuple[str, str], CallSlot] = {}
         self._lock = threading.Lock()
+
+    def begin(self, name: str, site: str = "") -> CallSlot:
+        """Name the next call of ``name`` made at ``site``."""
+        with self._lock:
+            if self.per_site and (name, site) in self._sites:
+                first = self._sites[name, site]
+                return dataclasses.replace(first, repeat=True)
+            self._seen[name] += 1
+            count = self._seen[name]
+            suffix = "" if count == 1 else f"#{count}"
+            slot = CallSlot(f"{self.nodeid}::{name}{suffix}", count, site, repeat=False)
+            self._sites.setdefault((name, site), slot)
+            return slot
 
     def fullname(self, name: str) -> str:
         """A name unique within the run: the node id, the name, and ``#n`` from the second call on."""
-        with self._lock:
-            self._seen[name] += 1
-            count = self._seen[name]
-        suffix = "" if count == 1 else f"#{count}"
-        return f"{self.nodeid}::{name}{suffix}"
+        return self.begin(name).fullname
 
     def add(self, row: Measurement) -> None:
-        """Record ``row`` for this test and the session."""
+        """Record ``row`` for this test and the session; a repeated site's row is counted into the first."""
         with self._lock:
+            for earlier in self.rows:
+                if earlier.fullname == row.fullname and (earlier.backend, earlier.workers) == (
+                    row.backend,
+                    row.workers,
+                ):
+                    _merge_into(earlier, row)
+                    return
             self.rows.append(row)
         self._sink(row)
 
 
-def benchmark_call(call: InterceptedCall, plan: BenchPlan, recorder: Recorder, name: str) -> Any:
-    """Run ``call`` per ``plan``, record its rows, and return the parallel result.
+def _merge_into(row: Measurement, later: Measurement) -> None:
+    """Count a later, untimed call at the same site into ``row`` (same object the session holds)."""
+    row.calls += later.calls
+    row.changed_arguments = row.changed_arguments or later.changed_arguments
+    ok = row.parity.ok
+    if later.parity.ok is False or ok is None:
+        ok = later.parity.ok if later.parity.ok is not None else ok
+    differences = [d for d in (row.parity.max_difference, later.parity.max_difference) if d is not None]
+    row.parity = Parity(ok, row.parity.rtol, row.parity.atol, max(differences) if differences else None)
 
-    With a sweep, the result is the one of the first configuration. For an ``async def``
-    function, return a coroutine that does all this when awaited.
 
-    :raises conc_ml.errors.ParityError: if a parallel result differs from the sequential one.
+def benchmark_call(call: InterceptedCall, plan: BenchPlan, recorder: Recorder, name: str, site: str = "") -> Any:
+    """Run ``call`` as written, check and time it per ``plan`` on copies, record its rows.
+
+    The test receives what the call as written returns, and its arguments end as that call
+    leaves them: every other round runs on a deep copy of the arguments taken before it.
+    For an ``async def`` function, return a coroutine that does all this when awaited.
+
+    :param site: where the call was made (``path:line``), for one row per site where the plan says so.
+    :raises conc_ml.errors.ParityError: if a parallel result, or the arguments a parallel run
+        leaves, differ from the sequential run's.
     """
     __tracebackhide__ = True
-    protocol = _protocol(call, plan, recorder, name)
+    protocol = _protocol(call, plan, recorder, name, site)
     if call.is_async:
         return _drive_async(protocol)
     return _drive(protocol)
@@ -200,106 +269,200 @@ async def _drive_async(protocol: Protocol) -> Any:
         protocol.close()
 
 
-def _protocol(call: InterceptedCall, plan: BenchPlan, recorder: Recorder, name: str) -> Protocol:
+def _protocol(call: InterceptedCall, plan: BenchPlan, recorder: Recorder, name: str, site: str) -> Protocol:
     __tracebackhide__ = True
-    from conc_ml.errors import ParityError
-
-    fullname = recorder.fullname(name)
+    slot = recorder.begin(name, site)
     replayable = call.replayable()
-    if replayable is None:
-        # An iterator passed whole to every chunk would be consumed by the first run.
+    pristine, why_not = _copy_arguments(replayable) if replayable is not None else (None, "")
+    if replayable is None or pristine is None:
+        # An iterator passed whole would be consumed by the first run; arguments that cannot
+        # be copied cannot be given to a second run untouched. Either way: the call, once.
         value, _ = yield (call.run, {})
-        shape = call.shape()
-        recorder.add(
-            _row(
-                name,
-                fullname,
-                recorder=recorder,
-                shape=shape,
-                sequential_times=[],
-                parallel_times=[],
-                parity=Parity(None, plan.rtol, plan.atol),
-                plan=plan,
-            )
-        )
+        parity = Parity(None, plan.rtol, plan.atol)
+        recorder.add(_row(name, slot, plan, shape=call.shape(), parity=parity, note=why_not))
         return value
     call = replayable
     # The same seed on both sides: the results then depend on the chunking only.
-    pinned_seed: dict[str, Any] = {} if call.options.seed is not None else {"seed": secrets.randbits(63)}
-    result: Any = None
-    first = True
-    for configuration in plan.configurations():
-        overrides = {**configuration, **pinned_seed}
+    pinned: dict[str, Any] = {} if call.options.seed is not None else {"seed": secrets.randbits(63)}
+    # The call as written, on the test's own objects, comes first: the test gets its result.
+    real_value, _ = yield (call.run, pinned)
+    real = (real_value, (call.args, call.kwargs), "the call as written")
+    changed = not _same_state(pristine, (call.args, call.kwargs))
+    configurations = plan.configurations() if plan.timing and not slot.repeat else []
+    checker = _RoundChecker(name, slot, plan, recorder)
+    if {} not in configurations:
+        # The reference for the call as written: .sequential() on a copy, same seed.
+        shape = call.shape(**pinned)
+        arguments = copy.deepcopy(pristine)
+        reference = yield from _sequential(call, arguments, pinned, checker, shape)
+        difference = checker.check(shape, pinned, [real], reference, arguments)
+        if not configurations:
+            parity = Parity(True, plan.rtol, plan.atol, difference)
+            recorder.add(_row(name, slot, plan, shape=shape, parity=parity, changed=changed))
+            return real_value
+    for configuration in configurations:
+        overrides = {**configuration, **pinned}
         shape = call.shape(**overrides)
         sequential_times: list[float] = []
         parallel_times: list[float] = []
         largest: float | None = 0.0
-        total = plan.warmup + plan.rounds if plan.timing else 1
-        for round_index in range(total):
-            parallel_value, parallel_time = yield (call.run, overrides)
-            try:
-                sequential_value, sequential_time = yield (call.run_sequential, overrides)
-            except Exception as error:
-                recorder.add(
-                    _row(
-                        name,
-                        fullname,
-                        recorder=recorder,
-                        shape=shape,
-                        sequential_times=[],
-                        parallel_times=[],
-                        parity=Parity(False, plan.rtol, plan.atol, None),
-                        plan=plan,
-                    )
-                )
-                raise ParityError(
-                    f"{_describe(name, shape, overrides)}: the parallel run returned a result, but .sequential() "
-                    f"raised {type(error).__name__}: {error}"
-                ) from error
-            difference = max_difference(parallel_value, sequential_value)
+        for round_index in range(plan.warmup + plan.rounds):
+            parallel_arguments = copy.deepcopy(pristine)
+            parallel_value, parallel_time = yield _step(call, parallel_arguments, overrides)
+            sequential_arguments = copy.deepcopy(pristine)
+            start = time.perf_counter()
+            sequential_value = yield from _sequential(call, sequential_arguments, overrides, checker, shape)
+            sequential_time = checker.last_time if checker.last_time is not None else time.perf_counter() - start
+            runs = [(parallel_value, parallel_arguments, f"round {round_index + 1}")]
+            if not configuration and round_index == 0:
+                runs.append(real)
+            difference = checker.check(shape, overrides, runs, sequential_value, sequential_arguments)
             largest = None if difference is None or largest is None else max(largest, difference)
-            try:
-                check_parity(parallel_value, sequential_value, rtol=plan.rtol, atol=plan.atol)
-            except ParityError as error:
-                parity = Parity(False, plan.rtol, plan.atol, difference)
-                recorder.add(
-                    _row(
-                        name,
-                        fullname,
-                        recorder=recorder,
-                        shape=shape,
-                        sequential_times=[],
-                        parallel_times=[],
-                        parity=parity,
-                        plan=plan,
-                    )
-                )
-                raise ParityError(
-                    f"{_describe(name, shape, overrides)}: parallel result differs from .sequential() "
-                    f"(round {round_index + 1}, rtol={plan.rtol:g}, atol={plan.atol:g}):\n{error}"
-                ) from None
-            if plan.timing and round_index >= plan.warmup:
+            if round_index >= plan.warmup:
                 sequential_times.append(sequential_time)
                 parallel_times.append(parallel_time)
-        parity = Parity(True, plan.rtol, plan.atol, largest)
         recorder.add(
             _row(
                 name,
-                fullname,
-                recorder=recorder,
+                slot,
+                plan,
                 shape=shape,
+                parity=Parity(True, plan.rtol, plan.atol, largest),
                 sequential_times=sequential_times,
                 parallel_times=parallel_times,
-                parity=parity,
-                plan=plan,
+                changed=changed,
             )
         )
-        if first:
-            result, first = parallel_value, False
-    return result
+    return real_value
 
 
+Arguments = tuple[tuple[Any, ...], dict[str, Any]]
 Shape = tuple[str, int, int | None]
+
+
+def _copy_arguments(call: InterceptedCall) -> tuple[Arguments | None, str]:
+    """A deep copy of the call's arguments, or ``None`` and why not."""
+    try:
+        return copy.deepcopy((call.args, call.kwargs)), ""
+    except Exception as error:
+        return None, f"its arguments cannot be copied ({type(error).__name__}: {error})"
+
+
+def _same_state(left: Any, right: Any) -> bool:
+    """Whether two argument states are alike: equivalent values, or the same pickled state.
+
+    Pickles settle objects without ``__eq__`` (plain class instances); a state that neither
+    compares nor pickles counts as alike, since nothing then shows a difference.
+    """
+    try:
+        check_parity(left, right, rtol=0.0, atol=0.0)
+        return True
+    except Exception:  # ParityError, or an object that will not compare: judged by its pickle
+        pass
+    try:
+        import cloudpickle
+
+        return bool(cloudpickle.dumps(left) == cloudpickle.dumps(right))
+    except Exception:
+        return True
+
+
+def _step(call: InterceptedCall, arguments: Arguments, overrides: dict[str, Any], *, sequential: bool = False) -> Step:
+    """Run ``call`` on ``arguments`` (a copy): its parallel path, or ``.sequential()``."""
+    on_copy = call.with_arguments(*arguments)
+    return (on_copy.run_sequential if sequential else on_copy.run, overrides)
+
+
+def _sequential(
+    call: InterceptedCall, arguments: Arguments, overrides: dict[str, Any], checker: _RoundChecker, shape: Shape
+) -> Generator[Step, tuple[Any, float], Any]:
+    """Run ``.sequential()`` on ``arguments``; its failure after a parallel success is a parity failure."""
+    __tracebackhide__ = True
+    try:
+        value, checker.last_time = yield _step(call, arguments, overrides, sequential=True)
+    except Exception as error:
+        checker.fail(
+            shape,
+            overrides,
+            f"the parallel run returned a result, but .sequential() raised {type(error).__name__}: {error}",
+            None,
+            cause=error,
+        )
+    return value
+
+
+class _RoundChecker:
+    """Holds parallel runs against a sequential one; a failure records a red row and raises."""
+
+    def __init__(self, name: str, slot: CallSlot, plan: BenchPlan, recorder: Recorder):
+        self.name = name
+        self.slot = slot
+        self.plan = plan
+        self.recorder = recorder
+        #: the time of the last sequential run
+        self.last_time: float | None = None
+
+    def check(
+        self,
+        shape: Shape,
+        overrides: dict[str, Any],
+        runs: list[tuple[Any, Arguments, str]],
+        sequential_value: Any,
+        sequential_arguments: Arguments,
+    ) -> float | None:
+        """Compare each ``(result, arguments after, which)`` run with the sequential one.
+
+        :returns: the largest numeric difference of the results, ``None`` if not numeric.
+        :raises conc_ml.errors.ParityError: on a result or argument state that differs.
+        """
+        __tracebackhide__ = True
+        from conc_ml.errors import ParityError
+
+        plan = self.plan
+        largest: float | None = 0.0
+        for value, arguments, which in runs:
+            difference = max_difference(value, sequential_value)
+            largest = None if difference is None or largest is None else max(largest, difference)
+            try:
+                check_parity(value, sequential_value, rtol=plan.rtol, atol=plan.atol)
+            except ParityError as error:
+                self.fail(
+                    shape,
+                    overrides,
+                    f"parallel result differs from .sequential() ({which}, rtol={plan.rtol:g}, "
+                    f"atol={plan.atol:g}):\n{error}",
+                    difference,
+                )
+            if not _same_state(arguments, sequential_arguments):
+                self.fail(
+                    shape,
+                    overrides,
+                    f"the parallel run ({which}) left its arguments different from .sequential(): {self.name}() "
+                    "changes an argument in place, and on this backend the change does not reach the caller "
+                    "the same way (return the result instead of writing into an argument)",
+                    None,
+                )
+        return largest
+
+    def fail(
+        self,
+        shape: Shape,
+        overrides: dict[str, Any],
+        message: str,
+        difference: float | None,
+        *,
+        cause: BaseException | None = None,
+    ) -> NoReturn:
+        """Record the configuration's row as failed and raise the parity error."""
+        __tracebackhide__ = True
+        from conc_ml.errors import ParityError
+
+        parity = Parity(False, self.plan.rtol, self.plan.atol, difference)
+        self.recorder.add(_row(self.name, self.slot, self.plan, shape=shape, parity=parity))
+        error = ParityError(f"{_describe(self.name, shape, overrides)}: {message}")
+        if cause is not None:
+            raise error from cause
+        raise error from None
 
 
 def _describe(name: str, shape: Shape, overrides: dict[str, Any]) -> str:
@@ -313,22 +476,23 @@ def _describe(name: str, shape: Shape, overrides: dict[str, Any]) -> str:
 
 def _row(
     name: str,
-    fullname: str,
-    *,
-    recorder: Recorder,
-    shape: Shape,
-    sequential_times: list[float],
-    parallel_times: list[float],
-    parity: Parity,
+    slot: CallSlot,
     plan: BenchPlan,
+    *,
+    shape: Shape,
+    parity: Parity,
+    sequential_times: Sequence[float] = (),
+    parallel_times: Sequence[float] = (),
+    changed: bool = False,
+    note: str = "",
 ) -> Measurement:
     from conc_ml._options import usable_cpus
 
     backend, workers, chunks = shape
     return Measurement(
         name=name,
-        fullname=fullname,
-        test=recorder.test,
+        fullname=slot.fullname,
+        test=slot.fullname.rpartition("::")[0].rpartition("::")[2],
         backend=backend,
         workers=workers,
         chunks=chunks,
@@ -337,4 +501,8 @@ def _row(
         parallel=Stats.from_times(parallel_times) if parallel_times else None,
         parity=parity,
         sweep=len(plan.workers) > 1,
+        call=slot.call,
+        site=slot.site,
+        changed_arguments=changed,
+        note=note,
     )

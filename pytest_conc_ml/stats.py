@@ -22,6 +22,8 @@ class Stats:
     stddev: float
     iqr: float
     rounds: int
+    #: the raw times, in the order they were measured (kept for offline comparison)
+    data: tuple[float, ...] = dataclasses.field(default=(), compare=False, repr=False)
 
     @classmethod
     def from_times(cls, times: Sequence[float]) -> Stats:
@@ -48,16 +50,48 @@ class Stats:
             stddev=stddev,
             iqr=q3 - q1,
             rounds=len(ordered),
+            data=tuple(times),
         )
 
+    @property
+    def relative_spread(self) -> float | None:
+        """Interquartile range over median, ``None`` for a zero median."""
+        return None if self.median <= 0 else self.iqr / self.median
+
     def as_dict(self) -> dict[str, float | int]:
-        """The fields as a JSON-ready dict."""
-        return dataclasses.asdict(self)
+        """The summary fields as a JSON-ready dict (the raw times are in :meth:`benchmark_stats`)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name != "data"}
+
+    def benchmark_stats(self) -> dict[str, Any]:
+        """The ``stats`` entry of a pytest-benchmark JSON file: its field names, and the raw times as ``data``."""
+        ordered = sorted(self.data) if self.data else [self.median]
+        if len(ordered) >= 2:
+            q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+        else:
+            q1 = q3 = ordered[0]
+        low, high = q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)
+        iqr_outliers = sum(1 for t in ordered if t < low or t > high)
+        stddev_outliers = sum(1 for t in ordered if abs(t - self.mean) > self.stddev)
+        return {
+            **self.as_dict(),
+            "q1": q1,
+            "q3": q3,
+            "iqr_outliers": iqr_outliers,
+            "stddev_outliers": stddev_outliers,
+            "outliers": f"{stddev_outliers};{iqr_outliers}",
+            "ld15iqr": min((t for t in ordered if t >= low), default=ordered[0]),
+            "hd15iqr": max((t for t in ordered if t <= high), default=ordered[-1]),
+            "ops": 1 / self.mean if self.mean > 0 else 0.0,
+            "total": math.fsum(ordered),
+            "iterations": 1,
+            "data": list(self.data),
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Stats:
-        """Rebuild from :meth:`as_dict` output."""
-        return cls(**{field.name: data[field.name] for field in dataclasses.fields(cls)})
+    def from_dict(cls, data: Mapping[str, Any], times: Sequence[float] = ()) -> Stats:
+        """Rebuild from :meth:`as_dict` output, with the raw ``times`` if they were kept."""
+        names = [field.name for field in dataclasses.fields(cls) if field.name != "data"]
+        return cls(**{name: data[name] for name in names}, data=tuple(times))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -120,6 +154,22 @@ class Measurement:
     parity: Parity
     #: the configuration is part of a worker-count sweep (the report then shows the serial fraction)
     sweep: bool = False
+    #: the test's node id (the name's prefix in ``fullname``)
+    nodeid: str = ""
+    #: which call of ``name`` in the test this row measures: 1, 2, ... (``#2`` in the report)
+    call: int = 1
+    #: where the test made the call, ``path:line``; one row per site for hypothesis tests
+    site: str = ""
+    #: calls measured into this row (hypothesis examples of one call site), at least 1
+    calls: int = 1
+    #: the call changed the arguments it was given (in place); they end as the call left them
+    changed_arguments: bool = False
+    #: why the call was run once, unchecked (parity ``None``), when it was not an iterator passed whole
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.nodeid:
+            self.nodeid = self.fullname.rpartition("::")[0] or self.fullname
 
     @property
     def ideal(self) -> int:
@@ -153,37 +203,89 @@ class Measurement:
     @property
     def spread(self) -> float | None:
         """Interquartile range of the parallel times relative to their median."""
-        if self.parallel is None or self.parallel.median <= 0:
+        return None if self.parallel is None else self.parallel.relative_spread
+
+    @property
+    def sequential_spread(self) -> float | None:
+        """Interquartile range of the sequential times relative to their median."""
+        return None if self.sequential is None else self.sequential.relative_spread
+
+    @property
+    def noise(self) -> float | None:
+        """The relative uncertainty of the speedup: the two sides' relative spreads added.
+
+        A ratio of two medians moves by up to the sum of their relative spreads when both
+        move against each other, so a change of speedup smaller than this is noise.
+        """
+        sides = (self.sequential_spread, self.spread)
+        if sides[0] is None or sides[1] is None:
             return None
-        return self.parallel.iqr / self.parallel.median
+        return sides[0] + sides[1]
 
     def key(self) -> tuple[str, str, int, int | None]:
         """What identifies the row across runs (for ``--conc-bench-compare``)."""
         return (self.fullname, self.backend, self.workers, self.chunks)
 
     def as_dict(self) -> dict[str, Any]:
-        """The row as a JSON-ready dict, field names in the style of pytest-benchmark."""
-        return {
+        """The row as a JSON-ready dict.
+
+        For a timed row, also the fields pytest-benchmark's ``compare`` reads: ``group``,
+        ``name``, ``fullname``, ``param(s)``, ``options`` and ``stats`` (of the parallel run,
+        with its raw times as ``data``); ``extra_info`` holds the sequential side and the
+        derived figures. The raw times of both sides are in ``times``.
+        """
+        data: dict[str, Any] = {
             "name": self.name,
             "fullname": self.fullname,
+            "nodeid": self.nodeid,
             "test": self.test,
+            "call": self.call,
+            "site": self.site,
+            "calls": self.calls,
             "backend": self.backend,
             "workers": self.workers,
             "chunks": self.chunks,
             "cpus": self.cpus,
             "sequential": None if self.sequential is None else self.sequential.as_dict(),
             "parallel": None if self.parallel is None else self.parallel.as_dict(),
+            "times": {
+                "sequential": [] if self.sequential is None else list(self.sequential.data),
+                "parallel": [] if self.parallel is None else list(self.parallel.data),
+            },
             "speedup": _finite_or_none(self.speedup),
             "efficiency": _finite_or_none(self.efficiency),
             "serial_fraction": _finite_or_none(self.serial_fraction),
             "ideal": self.ideal,
             "sweep": self.sweep,
+            "changed_arguments": self.changed_arguments,
+            "note": self.note,
             "parity": self.parity.as_dict(),
         }
+        if self.sequential is not None and self.parallel is not None:
+            chunks = "?" if self.chunks is None else self.chunks
+            data.update(
+                group=self.fullname,
+                param=f"{self.backend}-{self.workers}-{chunks}",
+                params={"backend": self.backend, "workers": self.workers, "chunks": self.chunks},
+                options={"timer": "perf_counter", "side": "parallel", "min_rounds": self.parallel.rounds},
+                stats=self.parallel.benchmark_stats(),
+                extra_info={
+                    "sequential": self.sequential.benchmark_stats(),
+                    "speedup": data["speedup"],
+                    "efficiency": data["efficiency"],
+                    "parity": data["parity"],
+                },
+            )
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Measurement:
         """Rebuild a row from :meth:`as_dict` output (a saved run, an xdist worker's rows)."""
+        times = data.get("times") or {}
+
+        def side(key: str) -> Stats | None:
+            return None if data[key] is None else Stats.from_dict(data[key], times.get(key, ()))
+
         return cls(
             name=data["name"],
             fullname=data["fullname"],
@@ -192,10 +294,16 @@ class Measurement:
             workers=data["workers"],
             chunks=data["chunks"],
             cpus=data["cpus"],
-            sequential=None if data["sequential"] is None else Stats.from_dict(data["sequential"]),
-            parallel=None if data["parallel"] is None else Stats.from_dict(data["parallel"]),
+            sequential=side("sequential"),
+            parallel=side("parallel"),
             parity=Parity(**data["parity"]),
             sweep=bool(data.get("sweep", False)),
+            nodeid=data.get("nodeid", ""),
+            call=int(data.get("call", 1)),
+            site=data.get("site", ""),
+            calls=int(data.get("calls", 1)),
+            changed_arguments=bool(data.get("changed_arguments", False)),
+            note=str(data.get("note", "")),
         )
 
 

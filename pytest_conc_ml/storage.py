@@ -30,7 +30,8 @@ __all__ = [
 
 STORAGE_DIR = ".conc_bench"
 #: the version of the JSON layout; bumped when a field changes meaning
-SCHEMA_VERSION = 1
+#: (2: pytest-benchmark's ``stats``/``group``/``extra_info`` per timed row, raw times, untimed rows apart)
+SCHEMA_VERSION = 2
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -93,14 +94,20 @@ def commit_info(directory: Path) -> dict[str, Any]:
 
 
 def document(rows: Sequence[Measurement], *, settings: Mapping[str, Any], root: Path) -> dict[str, Any]:
-    """The JSON document of a run: machine, commit, settings and one entry per row."""
+    """The JSON document of a run: machine, commit, settings and one entry per row.
+
+    Laid out as pytest-benchmark's files, so that ``pytest-benchmark compare`` reads it:
+    ``benchmarks`` holds the timed rows, each with a ``stats`` entry of the parallel run;
+    rows that were only checked for parity (no times) are under ``untimed``.
+    """
     return {
         "version": SCHEMA_VERSION,
         "datetime": datetime.datetime.now(datetime.UTC).isoformat(),
         "machine_info": machine_info(),
         "commit_info": commit_info(root),
         "settings": dict(settings),
-        "benchmarks": [row.as_dict() for row in rows],
+        "benchmarks": [row.as_dict() for row in rows if row.speedup is not None],
+        "untimed": [row.as_dict() for row in rows if row.speedup is None],
     }
 
 
@@ -146,7 +153,8 @@ def load_saved(root: Path, name: str) -> list[Measurement]:
     path = saved_path(root, name)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return [Measurement.from_dict(entry) for entry in data["benchmarks"]]
+        entries = [*data["benchmarks"], *data.get("untimed", [])]
+        return [Measurement.from_dict(entry) for entry in entries]
     except FileNotFoundError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as error:

@@ -70,7 +70,7 @@ def test_options_are_in_their_own_help_group(pytester: pytest.Pytester) -> None:
         (["--conc-bench-min-speedup=-2"], "*--conc-bench-min-speedup must be a number >= 0, got '-2'"),
         (["--conc-bench-rtol=nan"], "*--conc-bench-rtol must be a number >= 0, got 'nan'"),
         (["--conc-bench-workers=1,0"], "*--conc-bench-workers must be an integer >= 1, got 0"),
-        (["--conc-bench-workers=2,2"], "*--conc-bench-workers lists a worker count twice: 2,2"),
+        (["--conc-bench-workers=2,2"], "*--conc-bench-workers lists a worker count twice: 2, 2"),
         (["--conc-bench-backends=thread,prcess"], "*--conc-bench-backends: unknown backend 'prcess'*"),
         (["--conc-bench-backends=,"], "*--conc-bench-backends must list backend names*"),
         (["--conc-bench", "--conc-bench-save=../up"], "*--conc-bench-save must be a name of letters*'../up'"),
@@ -157,36 +157,85 @@ def test_save_then_compare(square_test: pytest.Pytester) -> None:
     folder = square_test.path / ".conc_bench"
     assert (folder / "base.json").is_file()
     assert (folder / ".gitignore").read_text().splitlines()[-1] == "*"
-    saved.stdout.fnmatch_lines(["conc-bench: saved as 'base' (*base.json)"])
+    saved.stdout.fnmatch_lines(["conc-bench: saved as 'base' (*base.json): 1 row(s) from this run"])
 
     compared = square_test.runpytest(*FAST, "--conc-bench-compare=base")
     compared.assert_outcomes(passed=1)
     compared.stdout.fnmatch_lines(
         [
             "conc-bench: compared with saved run 'base'",
-            "name*backend*workers*chunks*speedup before*speedup now*change",
-            "test_square::square*thread*2*2*x*x*%",
+            "name*backend*wrk*chk*before*now*change*noise",
+            "test_square::square*thread*2*2*x*x*%*%",
         ]
     )
 
 
-def test_compare_fail_fails_the_run_on_a_regression(square_test: pytest.Pytester) -> None:
-    square_test.runpytest(*FAST, "--conc-bench-save=base").assert_outcomes(passed=1)
-    path = square_test.path / ".conc_bench" / "base.json"
+#: chunks that sleep: times that hardly scatter, so the compare gate's noise bar stays low
+SLEEPY_TEST = """
+    import time
+
+    from conc_ml import parallel
+
+
+    @parallel(backend="thread", chunks=2, combine="concat")
+    def nap(xs):
+        time.sleep(0.01)
+        return list(xs)
+
+
+    def test_nap():
+        assert nap([1, 2]) == [1, 2]
+"""
+
+
+def _scale_saved(path: Path, factor: float, *, iqr: float | None = None) -> None:
     data = json.loads(path.read_text())
-    # make the saved run a million times faster than anything this run can measure
-    data["benchmarks"][0]["sequential"]["median"] *= 1e6
+    for row in data["benchmarks"]:
+        row["sequential"]["median"] *= factor
+        if iqr is not None:
+            row["sequential"]["iqr"] = iqr * row["sequential"]["median"]
     path.write_text(json.dumps(data))
-    result = square_test.runpytest(*FAST, "--conc-bench-compare=base", "--conc-bench-compare-fail=10")
+
+
+def test_compare_fail_fails_the_run_on_a_regression(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_nap=SLEEPY_TEST)
+    args = ("--conc-bench", "--conc-bench-rounds=3", "--conc-bench-warmup=0")
+    pytester.runpytest(*args, "--conc-bench-save=base").assert_outcomes(passed=1)
+    path = pytester.path / ".conc_bench" / "base.json"
+    # make the saved run a million times faster than anything this run can measure
+    _scale_saved(path, 1e6)
+    result = pytester.runpytest(*args, "--conc-bench-compare=base", "--conc-bench-compare-fail=10")
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
-        ["conc-bench: REGRESSION test_square.py::test_square::square [[]thread, 2 workers[]]: speedup *(-*%, bar -10%)"]
+        [
+            "conc-bench: REGRESSION test_nap.py::test_nap::nap [[]thread, 2 workers[]]: speedup *(-*%, bar -10%, "
+            "noise ±*%)"
+        ]
     )
     # a bar the change stays within keeps the run green
-    data["benchmarks"][0]["sequential"]["median"] /= 1e6
-    path.write_text(json.dumps(data))
-    assert square_test.runpytest(*FAST, "--conc-bench-compare=base", "--conc-bench-compare-fail=1e9").ret == 0
+    _scale_saved(path, 1e-6)
+    assert pytester.runpytest(*args, "--conc-bench-compare=base", "--conc-bench-compare-fail=1e9").ret == 0
+
+
+def test_compare_fail_allows_for_the_measured_noise(square_test: pytest.Pytester) -> None:
+    square_test.runpytest(*FAST, "--conc-bench-save=base").assert_outcomes(passed=1)
+    path = square_test.path / ".conc_bench" / "base.json"
+    # a saved run a million times faster, but whose sequential rounds scattered over 5 medians:
+    # no drop can be told from noise that large, so the gate does not fail on it
+    _scale_saved(path, 1e6, iqr=5.0)
+    result = square_test.runpytest(*FAST, "--conc-bench-compare=base", "--conc-bench-compare-fail=20")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*test_square::square*thread*2*2*x*x*-*%*±5??%"])
+    result.stdout.no_fnmatch_line("*REGRESSION*")
+
+
+def test_compare_fail_that_matches_nothing_fails_the_run(square_test: pytest.Pytester) -> None:
+    square_test.runpytest(*FAST, "--conc-bench-save=base").assert_outcomes(passed=1)
+    square_test.makepyfile(test_square="def test_other():\n    pass\n")
+    result = square_test.runpytest(*FAST, "--conc-bench-compare=base", "--conc-bench-compare-fail=20")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["conc-bench: GATE NOT CHECKED: --conc-bench-compare-fail=20 checked nothing*"])
 
 
 def test_compare_with_an_unknown_run_lists_the_saved_ones(square_test: pytest.Pytester) -> None:
@@ -230,11 +279,12 @@ def test_xdist_checks_parity_and_warns_once(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "*conc-bench: WARNING: timing is off under pytest-xdist*parity was still checked*",
-            "*test_drifting::drifting*-*FAIL*",
+            "test_drifting::drifting",
+            "*-*FAIL*",
         ]
     )
     assert result.stdout.str().count("timing is off under pytest-xdist") == 1
-    result.stdout.fnmatch_lines(["test_square::square * -  *-  *ok", "*timing was off*"])
+    result.stdout.fnmatch_lines(["test_square::square", "  thread * -  *-  *ok", "*timing was off*"])
 
 
 def test_a_run_without_calls_says_so(pytester: pytest.Pytester) -> None:
