@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -33,6 +34,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runners", default=None, help=f"comma-separated subset of {','.join(RUNNERS)}")
     parser.add_argument("--broadcast-mb", type=int, default=400, help="size of the broadcast array in MB")
     parser.add_argument("--broadcast-tasks", type=int, default=64)
+    parser.add_argument("--medians-mb", type=int, default=400, help="size of the array of the medians workload in MB")
+    parser.add_argument("--global-mb", type=int, default=200, help="size of the __main__ global in MB")
+    parser.add_argument("--results-count", type=int, default=16, help="number of large results")
+    parser.add_argument("--results-mb", type=int, default=32, help="size of each large result in MB")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="time every row this many times, interleaved (one row of each runner in turn), and report the "
+        "median: on a shared machine it spreads the load over the runners alike",
+    )
     parser.add_argument("--tiny-items", type=int, default=200_000)
     parser.add_argument("--train-chunks", type=int, default=8)
     parser.add_argument("--train-rows", type=int, default=60_000)
@@ -40,7 +52,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for JSON and PNG")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG")
     args = parser.parse_args(argv)
-    for name in ("workers", "rounds", "broadcast_mb", "broadcast_tasks", "tiny_items", "train_chunks", "train_rows"):
+    for name in (
+        "workers",
+        "rounds",
+        "broadcast_mb",
+        "broadcast_tasks",
+        "tiny_items",
+        "train_chunks",
+        "train_rows",
+        "medians_mb",
+        "global_mb",
+        "results_count",
+        "results_mb",
+        "repeat",
+    ):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "rounds" else 1):
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -71,21 +96,33 @@ def _run_child(
     return record
 
 
-def _measure(workload: str, runner: str, settings: Settings, rounds: int) -> dict[str, Any]:
-    """Times from one fresh process, peak memory from another.
+def _timed(workload: str, runner: str, settings: Settings, rounds: int) -> dict[str, Any]:
+    """Times from one fresh process, unsampled.
 
     Sampling the memory of a process tree reads ``/proc/PID/smaps_rollup`` of every
     process ten times a second, which costs CPU (about 10% of a core with three processes);
     on a machine with few cores that would slow the timed rounds, and not every runner
-    alike. So the timed run is left alone, and a second run (the first call and one warm
-    round) is sampled.
+    alike. So the timed runs are left alone, and a separate run (the first call and one
+    warm round) is sampled by :func:`_with_memory`.
     """
-    record = _run_child(workload, runner, settings, rounds)
+    return _run_child(workload, runner, settings, rounds)
+
+
+def _with_memory(record: dict[str, Any], workload: str, runner: str, settings: Settings) -> dict[str, Any]:
     memory = PeakTreeMemory()
     sampled = _run_child(workload, runner, settings, 1, memory)
     record["peak_memory_mib"] = memory.peak_bytes / (1 << 20)
     record["stderr"] = "\n".join(text for text in (record["stderr"], sampled["stderr"]) if text)
     return record
+
+
+def _median_of(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The record of the repeat with the median warm time, with every repeat's times kept."""
+    ordered = sorted(records, key=lambda r: r["median_s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["repeats_median_s"] = [r["median_s"] for r in records]
+    chosen["first_s"] = statistics.median(r["first_s"] for r in records)
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         tiny_items=args.tiny_items,
         broadcast_mb=args.broadcast_mb,
         broadcast_tasks=args.broadcast_tasks,
+        medians_mb=args.medians_mb,
+        global_mb=args.global_mb,
+        results_count=args.results_count,
+        results_mb=args.results_mb,
     )
     chosen = None if args.runners is None else set(args.runners.split(","))
     results: list[dict[str, Any]] = []
@@ -106,10 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     for workload in args.workloads.split(","):
         # the loop first: every other row is compared with it
         runners = [r for r in WORKLOADS[workload] if r == "sequential" or chosen is None or r in chosen]
-        rows = []
-        for runner in runners:
-            print(f"[{time.perf_counter() - began:6.1f} s] {workload}: {runner} ...", file=sys.stderr, flush=True)
-            rows.append(_measure(workload, runner, settings, args.rounds))
+        timed: dict[str, list[dict[str, Any]]] = {runner: [] for runner in runners}
+        for repeat in range(args.repeat):
+            for runner in runners:
+                print(
+                    f"[{time.perf_counter() - began:6.1f} s] {workload}: {runner} ({repeat + 1}/{args.repeat}) ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                timed[runner].append(_timed(workload, runner, settings, args.rounds))
+        rows = [_with_memory(_median_of(timed[runner]), workload, runner, settings) for runner in runners]
         baseline = rows[0]
         for row in rows:
             row["speedup"] = baseline["median_s"] / row["median_s"]

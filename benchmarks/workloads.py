@@ -5,6 +5,13 @@
 - ``tiny``: ``x * x`` over 200k Python ints: what scheduling and transport cost per item.
 - ``broadcast``: one large float64 array (400 MB by default) given whole to 64 tasks that
   each compute quantiles of their own slice: how a large argument reaches the workers.
+- ``medians``: one large array (400 MB) given whole to 64 tasks in 8 chunks, each task the
+  median of a strided slice ``big[i::64]`` (every task reads the whole array): a broadcast
+  where every worker touches every page.
+- ``global``: the same work on a 200 MB array that a function defined in ``__main__`` reads
+  as a global (a script or notebook): cloudpickle sends such a function by value.
+- ``results``: 16 tasks each returning a 32 MB array (``cumsum`` of normals), concatenated:
+  how large results come back.
 
 A *runner* is one way to run a workload: ``start`` creates its pool (counted in the first
 call), ``run`` does the work once, ``close`` frees the pool. Every runner returns the same
@@ -37,6 +44,12 @@ class Settings:
     tiny_items: int = 200_000
     broadcast_mb: int = 400
     broadcast_tasks: int = 64
+    medians_mb: int = 400
+    medians_tasks: int = 64
+    medians_chunks: int = 8
+    global_mb: int = 200
+    results_count: int = 16
+    results_mb: int = 32
 
 
 # -- the work itself: plain functions, importable by every library's workers ---------------
@@ -77,6 +90,59 @@ def _shared_quantiles(big: np.ndarray[Any, Any], start: int, stop: int) -> list[
     return slice_quantiles(big, start, stop)
 
 
+def strided_medians(tasks: list[int], big: np.ndarray[Any, Any], step: int) -> list[float]:
+    """Median of ``big[i::step]`` for each task ``i``: each one reads the whole array."""
+    return [float(np.median(big[i::step])) for i in tasks]
+
+
+def _inherited_medians(tasks: list[int], step: int) -> list[float]:
+    assert _INHERITED is not None
+    return strided_medians(tasks, _INHERITED, step)
+
+
+def _inherited_medians_args(args: tuple[list[int], int]) -> list[float]:
+    return _inherited_medians(*args)
+
+
+def random_walk(seed: int, mb: int) -> np.ndarray[Any, Any]:
+    """A large result: the cumulative sum of ``mb`` MB of standard normals."""
+    return np.cumsum(np.random.default_rng(seed).standard_normal(mb * (1 << 20) // 8))
+
+
+def random_walks(seeds: list[int], mb: int) -> list[np.ndarray[Any, Any]]:
+    """One random walk per seed (a chunk's results)."""
+    return [random_walk(seed, mb) for seed in seeds]
+
+
+def _random_walk_args(args: tuple[int, int]) -> np.ndarray[Any, Any]:
+    return random_walk(*args)
+
+
+#: the function of the ``global`` workload, defined in ``__main__`` as a notebook would
+_GLOBAL_SOURCE = """
+import numpy as np
+
+def global_medians(tasks, step):
+    return [float(np.median(GLOBAL_BIG[i::step])) for i in tasks]
+"""
+
+
+def main_function(big: np.ndarray[Any, Any]) -> Callable[[list[int], int], list[float]]:
+    """``global_medians`` defined in ``__main__``, reading ``big`` as its global ``GLOBAL_BIG``."""
+    import sys
+
+    namespace = sys.modules["__main__"].__dict__
+    namespace["GLOBAL_BIG"] = big
+    exec(_GLOBAL_SOURCE, namespace)
+    function: Callable[[list[int], int], list[float]] = namespace["global_medians"]
+    return function
+
+
+def _task_chunks(tasks: list[int], chunks: int) -> list[list[int]]:
+    step = math.ceil(len(tasks) / chunks)
+    return [tasks[i : i + step] for i in range(0, len(tasks), step)]
+
+
 def _fit_args(args: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], int]) -> Any:
     return fit_forest(*args)
 
@@ -110,6 +176,19 @@ def make_data(workload: str, settings: Settings, *, shared: bool = False) -> dic
         step = math.ceil(n / settings.broadcast_tasks)
         bounds = [(start, min(n, start + step)) for start in range(0, n, step)]
         return {"big": big, "bounds": bounds}
+    if workload in ("medians", "global"):
+        mb = settings.medians_mb if workload == "medians" else settings.global_mb
+        n = mb * (1 << 20) // 8
+        if shared:
+            import conc_ml
+
+            big = conc_ml.shared_array(n)
+            rng.random(out=big)
+        else:
+            big = rng.random(n)
+        return {"big": big, "tasks": list(range(settings.medians_tasks)), "step": settings.medians_tasks}
+    if workload == "results":
+        return {"seeds": list(range(settings.results_count)), "mb": settings.results_mb}
     raise ValueError(f"unknown workload {workload!r}; expected one of: {', '.join(WORKLOADS)}")
 
 
@@ -162,6 +241,12 @@ class Sequential(Runner):
             return [fit_forest(*chunk) for chunk in _train_chunks(data, self.settings)]
         if self.workload == "tiny":
             return [x * x for x in data["items"]]
+        if self.workload == "medians":
+            return strided_medians(data["tasks"], data["big"], data["step"])
+        if self.workload == "global":
+            return main_function(data["big"])(data["tasks"], data["step"])
+        if self.workload == "results":
+            return np.concatenate(random_walks(data["seeds"], data["mb"]))
         return [slice_quantiles(data["big"], a, b) for a, b in data["bounds"]]
 
 
@@ -171,6 +256,7 @@ class ConcML(Runner):
     label = "conc-ml"
     warm = True
     shared_array = False
+    global_as_argument = False
 
     def prepare(self) -> None:
         from conc_ml import parallel, warm_up
@@ -185,6 +271,14 @@ class ConcML(Runner):
             )(fit_forest_module_level)
         elif self.workload == "tiny":
             self.func = parallel(backend="process", workers=workers, chunks=4 * workers, combine="concat")(squares)
+        elif self.workload in ("medians", "global"):
+            self.func = parallel(
+                backend="process", workers=workers, chunks=self.settings.medians_chunks, combine="concat"
+            )(strided_medians)
+        elif self.workload == "results":
+            self.func = parallel(
+                backend="process", workers=workers, chunks=self.settings.results_count, combine="concat"
+            )(random_walks)
         else:
             self.func = parallel(
                 backend="process", workers=workers, chunks=self.settings.broadcast_tasks, split="bounds"
@@ -198,7 +292,24 @@ class ConcML(Runner):
             return self.func(data["X"], data["y"], self.settings.train_trees)
         if self.workload == "tiny":
             return self.func(data["items"])
+        if self.workload in ("medians", "global", "results"):
+            return self._run_large(data)
         return [stats for chunk in self.func(data["bounds"], data["big"]) for stats in chunk]
+
+    def _run_large(self, data: dict[str, Any]) -> Any:
+        if self.workload == "results":
+            return np.concatenate(self.func(data["seeds"], data["mb"]))
+        if self.workload == "global" and not self.global_as_argument:
+            return self.main_func(data["tasks"], data["step"])
+        return self.func(data["tasks"], data["big"], data["step"])
+
+    def start(self, data: dict[str, Any]) -> None:
+        if self.workload == "global" and not self.global_as_argument:
+            from conc_ml import parallel
+
+            self.main_func = parallel(
+                backend="process", workers=self.settings.workers, chunks=self.settings.medians_chunks, combine="concat"
+            )(main_function(data["big"]))
 
 
 def _bounds_quantiles(bounds: list[tuple[int, int]], big: np.ndarray[Any, Any]) -> list[list[float]]:
@@ -215,12 +326,17 @@ class ConcMLSharedArray(ConcML):
     shared_array = True
 
 
+class ConcMLGlobalAsArgument(ConcML):
+    label = "conc-ml, array as argument"
+    global_as_argument = True
+
+
 class Pool(Runner):
     label = "multiprocessing.Pool"
 
     def start(self, data: dict[str, Any]) -> None:
         global _INHERITED
-        if self.workload == "broadcast":
+        if "big" in data:
             # fork: the workers inherit the array, nothing is sent
             _INHERITED = data["big"]
         self.pool = multiprocessing.get_context("fork").Pool(self.settings.workers)
@@ -230,6 +346,12 @@ class Pool(Runner):
             return self.pool.map(_fit_args, _train_chunks(data, self.settings))
         if self.workload == "tiny":
             return self.pool.map(square, data["items"])
+        if self.workload in ("medians", "global"):
+            chunks = _task_chunks(data["tasks"], self.settings.medians_chunks)
+            parts = self.pool.map(_inherited_medians_args, [(c, data["step"]) for c in chunks])
+            return [m for part in parts for m in part]
+        if self.workload == "results":
+            return np.concatenate(self.pool.map(_random_walk_args, [(s, data["mb"]) for s in data["seeds"]]))
         return self.pool.map(_quantiles_args, data["bounds"])
 
     def close(self) -> None:
@@ -271,6 +393,16 @@ class Joblib(Runner):
             return parallel(delayed(fit_forest)(*chunk) for chunk in _train_chunks(data, self.settings))
         if self.workload == "tiny":
             return parallel(delayed(square)(x) for x in data["items"])
+        if self.workload in ("medians", "global"):
+            chunks = _task_chunks(data["tasks"], self.settings.medians_chunks)
+            if self.workload == "global":
+                function = main_function(data["big"])
+                parts = parallel(delayed(function)(c, data["step"]) for c in chunks)
+            else:
+                parts = parallel(delayed(strided_medians)(c, data["big"], data["step"]) for c in chunks)
+            return [m for part in parts for m in part]
+        if self.workload == "results":
+            return np.concatenate(parallel(delayed(random_walk)(s, data["mb"]) for s in data["seeds"]))
         big = data["big"]
         return parallel(delayed(slice_quantiles)(big, a, b) for a, b in data["bounds"])
 
@@ -301,6 +433,7 @@ RUNNERS: dict[str, type[Runner]] = {
     "conc-ml": ConcML,
     "conc-ml-cold": ConcMLCold,
     "conc-ml-shared-array": ConcMLSharedArray,
+    "conc-ml-argument": ConcMLGlobalAsArgument,
     "pool": Pool,
     "executor": Executor,
     "joblib": Joblib,
@@ -312,12 +445,18 @@ WORKLOADS: dict[str, tuple[str, ...]] = {
     "train": ("sequential", "conc-ml", "conc-ml-cold", "pool", "executor", "joblib", "mpire"),
     "tiny": ("sequential", "conc-ml", "pool", "executor", "joblib", "mpire"),
     "broadcast": ("sequential", "conc-ml", "conc-ml-shared-array", "pool", "executor", "joblib", "mpire"),
+    "medians": ("sequential", "conc-ml", "conc-ml-shared-array", "pool", "joblib"),
+    "global": ("sequential", "conc-ml", "conc-ml-argument", "joblib"),
+    "results": ("sequential", "conc-ml", "pool", "joblib"),
 }
 
 WORKLOAD_TITLES = {
     "train": "{train_chunks} random forests ({train_trees} trees) on chunks of {train_rows:,} x {train_features}",
     "tiny": "{tiny_items:,} tiny items (x*x)",
     "broadcast": "{broadcast_mb} MB array broadcast to {broadcast_tasks} slice quantiles",
+    "medians": "{medians_mb} MB array broadcast to {medians_tasks} strided-slice medians in {medians_chunks} chunks",
+    "global": "{global_mb} MB __main__ global read by {medians_tasks} strided-slice medians in {medians_chunks} chunks",
+    "results": "{results_count} results of {results_mb} MB each (cumsum of normals), concatenated",
 }
 
 
