@@ -52,6 +52,10 @@ class InterceptedCall:
         overrides = {"checkpoint": None, **overrides}
         return self.function.options(**overrides)._run(self.args, self.kwargs, intercept=False)
 
+    def run_as_written(self, **overrides: Any) -> Any:
+        """Run the call as the test wrote it (its ``checkpoint`` included), ``overrides`` on top."""
+        return self.function.options(**overrides)._run(self.args, self.kwargs, intercept=False)
+
     def run_sequential(self, **overrides: Any) -> Any:
         """Run the call with the sequential backend: the reference result."""
         return self.function.options(**overrides)._run(self.args, self.kwargs, intercept=False, backend="sequential")

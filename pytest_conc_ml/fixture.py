@@ -277,7 +277,7 @@ def _protocol(call: InterceptedCall, plan: BenchPlan, recorder: Recorder, name: 
     if replayable is None or pristine is None:
         # An iterator passed whole would be consumed by the first run; arguments that cannot
         # be copied cannot be given to a second run untouched. Either way: the call, once.
-        value, _ = yield (call.run, {})
+        value, _ = yield (call.run_as_written, {})
         parity = Parity(None, plan.rtol, plan.atol)
         recorder.add(_row(name, slot, plan, shape=call.shape(), parity=parity, note=why_not))
         return value
@@ -285,7 +285,7 @@ def _protocol(call: InterceptedCall, plan: BenchPlan, recorder: Recorder, name: 
     # The same seed on both sides: the results then depend on the chunking only.
     pinned: dict[str, Any] = {} if call.options.seed is not None else {"seed": secrets.randbits(63)}
     # The call as written, on the test's own objects, comes first: the test gets its result.
-    real_value, _ = yield (call.run, pinned)
+    real_value, _ = yield (call.run_as_written, pinned)
     real = (real_value, (call.args, call.kwargs), "the call as written")
     changed = not _same_state(pristine, (call.args, call.kwargs))
     configurations = plan.configurations() if plan.timing and not slot.repeat else []

@@ -266,10 +266,10 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, object]:
         caller = sys._getframe(1)
         if _made_through_pytest_benchmark(caller):
             session.leave_alone("made through pytest-benchmark's benchmark fixture, which times it", name)
-            return call.run()
+            return call.run_as_written()
         if plan.excludes(call.function):
             session.leave_alone("excluded with exclude=", name)
-            return call.run()
+            return call.run_as_written()
         return benchmark_call(call, plan, recorder, name, _call_site(caller, root))
 
     with intercept_calls(interceptor):
