@@ -164,8 +164,10 @@ class ProcessBackend:
                 # (with the chunks of other calls sharing it) and the next call builds a new one.
                 _loky.kill_workers(executor)
             elif abort and _loky.is_broken(executor):
-                # A worker died: loky kills the others; the next call builds a new pool.
-                _loky.unblock_call_queue(executor)
+                # A worker died: loky kills the others; the next call builds a new pool. Wait
+                # until they are gone, so that no result segment is written after close()
+                # deleted the unclaimed ones.
+                _loky.kill_workers(executor)
         finally:
             _shared_pool.give_back()
             if sharing is not None:

@@ -257,7 +257,65 @@ def scenario_small_dev_shm() -> None:
     )
 
 
+def arrays_then_fault(items: list[int], inputs: dict[str, Any], how: str) -> np.ndarray:
+    table = inputs["tables"][0]
+    if how == "die" and 3 in items:
+        os._exit(3)
+    if how == "hang" and 3 in items:
+        time.sleep(30)
+    if how == "raise" and 3 in items:
+        raise ValueError("bad item")
+    # a result large enough to come back through shared memory
+    return np.full(LARGE_BYTES // 8, float(table[items].sum()))
+
+
+def scenario_arrays_in_faults() -> None:
+    """Arrays in containers and closures, large results, and every way a call can fail: nothing is left."""
+    import gc
+
+    tables = {"tables": [np.arange(LARGE_BYTES // 8, dtype=np.float64)]}
+    captured = [np.ones(LARGE_BYTES // 8)]
+
+    def with_closure(items: list[int], inputs: dict[str, Any], how: str) -> np.ndarray:
+        return arrays_then_fault(items, inputs, how) + captured[0][0]
+
+    func = parallel(backend="process", workers=2, chunks=4, timeout=5)(with_closure)
+    func([1], tables, "ok")  # warm up: pool, resource tracker
+    shut_down_loky()
+    before = take_census()
+    outcomes = []
+    for how, expected in (
+        ("ok", None),
+        ("raise", ValueError),
+        ("die", WorkerCrashedError),
+        ("hang", ChunkTimeoutError),
+        ("interrupt", KeyboardInterrupt),
+        ("ok", None),
+    ):
+        timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)) if how == "interrupt" else None
+        try:
+            if timer is not None:
+                timer.start()
+            result = func(list(range(8)), tables, "hang" if how == "interrupt" else how)
+            outcomes.append([float(part[0]) for part in result])
+        except BaseException as error:
+            expected_error = expected is not None and isinstance(error, expected)
+            outcomes.append(type(error).__name__ if expected_error else repr(error))
+        finally:
+            if timer is not None:
+                timer.cancel()
+                timer.join()
+    kept = [name for name in take_census().segments if name.startswith("conc-ml-")]
+    captured.clear()
+    del tables, func, result
+    gc.collect()
+    after = settled_census(before, settle=shut_down_loky)
+    left = [name for name in after.segments if name.startswith("conc-ml-")]
+    report(outcomes=outcomes, kept_while_alive=len(kept), left_after_gc=left, leaked=after.leaked_since(before))
+
+
 SCENARIOS: dict[str, Callable[..., None]] = {
+    "arrays-in-faults": scenario_arrays_in_faults,
     "small-dev-shm": scenario_small_dev_shm,
     "faults-leave-nothing": scenario_faults_leave_nothing,
     "crash": scenario_crash,
