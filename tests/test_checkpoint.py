@@ -369,3 +369,23 @@ def test_conc_bench_rounds_run_their_chunks_instead_of_loading_the_checkpoint(py
     )
     result = pytester.runpytest("--conc-bench", "--conc-bench-rounds=3", "-p", "no:randomly")
     result.assert_outcomes(passed=1)
+
+
+def test_each_chunk_counts_its_own_attempts_against_retries() -> None:
+    from conc_ml import WorkerCrashedError
+    from conc_ml._checkpoint import CallLedger
+    from conc_ml._split import Chunk
+
+    ledger = CallLedger(retries=1)
+    first, second = Chunk(0, ([1],), 1), Chunk(1, ([2],), 1)
+    crash = WorkerCrashedError("a worker died", chunk=0)
+    assert not ledger.may_retry(ValueError("a user's error"), first)
+    assert not ledger.may_retry(None, first)
+    # A broken pool fails both chunks in flight: each may run once more, then neither.
+    assert ledger.may_retry(crash, first)
+    assert ledger.may_retry(crash, second)
+    assert not ledger.may_retry(crash, first)
+    assert not ledger.may_retry(crash, second)
+    ledger.note_attempts(crash, first)
+    assert crash.__notes__ == ["conc-ml: chunk 0 was attempted 2 time(s) (retries=1); its worker died every time"]
+    assert not CallLedger(retries=0).may_retry(crash, first)

@@ -282,7 +282,8 @@ class DaskExecutor(concurrent.futures.Executor):
                 fn,
                 stub,
                 scattered,
-                key=f"conc-ml-{name}-{self._call_id}-{task.index}",
+                # Unique per submission: a chunk sent again (retries=) must not find its erred task.
+                key=f"conc-ml-{name}-{self._call_id}-{task.index}-{len(self._submitted)}",
                 pure=False,
             )
         except Exception as error:

@@ -123,6 +123,14 @@ def die_once(values: list[int], marker: str) -> list[int]:
     return values
 
 
+def die_twice(values: list[int], folder: str) -> list[int]:
+    deaths = len(os.listdir(folder))
+    if deaths < 2:
+        Path(folder, str(deaths)).touch()
+        os._exit(3)
+    return values
+
+
 async def async_double(values: list[int]) -> list[int]:
     return [2 * v for v in values]
 
@@ -273,6 +281,28 @@ def test_worker_dying_every_time_raises_worker_crashed_error(on_dask: Any) -> No
     # The cluster heals (the nanny restarts its workers) and the next call works.
     on_dask.wait_for_workers(N_WORKERS, timeout=CLUSTER_WAIT_S)
     assert parallel(chunks=2, workers=2)(total)([1.0, 2.0]) == [1.0, 2.0]
+
+
+def test_retries_resubmit_a_chunk_dask_gave_up_on(on_dask: Any, tmp_path: Path) -> None:
+    # The test cluster allows one failure: the second death is a KilledWorker, and conc-ml's
+    # retry sends the chunk again as a new task.
+    func = parallel(chunks=1, workers=1, retries=1)(die_twice)
+    assert func([5], str(tmp_path)) == [[5]]
+    assert len(os.listdir(tmp_path)) == 2
+    on_dask.wait_for_workers(N_WORKERS, timeout=CLUSTER_WAIT_S)
+
+
+def test_checkpoint_resumes_on_dask(on_dask: Any, tmp_path: Path) -> None:
+    func = parallel(chunks=4, workers=2, seed=3, checkpoint=tmp_path, combine="concat")(noisy)
+    data = np.arange(8.0)
+    first = func(data)
+    entries = sorted(tmp_path.rglob("chunk-*.pkl"))
+    assert len(entries) == 4
+    entries[1].unlink()
+    again = func(data)
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_array_equal(again, func.sequential(data))
+    assert len(list(tmp_path.rglob("chunk-*.pkl"))) == 4
 
 
 # -- which cluster ------------------------------------------------------------------

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,35 @@ def exit_always(items: list[int]) -> int:
     return sum(items)
 
 
+def _wait_for(path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def die_with_a_neighbour_in_flight(items: list[int], folder: str) -> int:
+    """Chunk 0 kills its worker once while chunk 1 runs; chunk 1 counts its attempts."""
+    if items[0] == 0:
+        _wait_for(Path(folder, "neighbour-1"))
+        try:
+            os.close(os.open(Path(folder, "died"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return sum(items)
+        os._exit(3)
+    attempt = len([name for name in os.listdir(folder) if name.startswith("neighbour-")]) + 1
+    Path(folder, f"neighbour-{attempt}").touch()
+    if attempt == 1:
+        time.sleep(30)  # in flight until the broken pool's workers are killed (bounded)
+    return sum(items)
+
+
 def crashes(marker: str) -> None:
     outcome: dict[str, Any] = {}
+    neighbours = Path(marker).with_name("neighbours")
+    neighbours.mkdir()
+    func = parallel(backend="process", chunks=2, workers=2, retries=1)(die_with_a_neighbour_in_flight)
+    outcome["with_neighbour"] = func([0, 1, 2, 3], str(neighbours))
+    outcome["neighbour_attempts"] = len([n for n in os.listdir(neighbours) if n.startswith("neighbour-")])
     func = parallel(backend="process", chunks=4, workers=2, retries=1)(exit_once)
     outcome["retried"] = func(list(range(8)), marker)
     outcome["died_once"] = os.path.exists(marker)

@@ -111,6 +111,11 @@ def test_a_worker_killed_once_with_retries_1_gives_the_right_result(crashes: dic
     assert crashes["retried"] == [1, 5, 9, 13]
 
 
+def test_a_chunk_in_flight_when_the_pool_broke_is_run_again(crashes: dict[str, Any]) -> None:
+    assert crashes["with_neighbour"] == [1, 5]
+    assert crashes["neighbour_attempts"] == 2
+
+
 def test_spent_retries_raise_worker_crashed_error_saying_how_many_attempts(crashes: dict[str, Any]) -> None:
     exhausted = crashes["exhausted"]
     assert "with exit code 3" in exhausted["message"]
