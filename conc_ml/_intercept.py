@@ -47,7 +47,7 @@ class InterceptedCall:
         """Run the call in parallel, with ``overrides`` (``@parallel`` keywords) on top.
 
         A ``checkpoint`` is left out unless ``overrides`` name one: each timed round must run
-        its chunks, not load those of the round before.
+        its chunks, not load those of the round before, and rounds on copies must not write.
         """
         overrides = {"checkpoint": None, **overrides}
         return self.function.options(**overrides)._run(self.args, self.kwargs, intercept=False)

@@ -369,6 +369,7 @@ def test_conc_bench_rounds_run_their_chunks_instead_of_loading_the_checkpoint(py
     )
     result = pytester.runpytest("--conc-bench", "--conc-bench-rounds=3", "-p", "no:randomly")
     result.assert_outcomes(passed=1)
+    assert len(list((pytester.path / "kept").rglob("chunk-*.pkl"))) == 2
 
 
 def test_each_chunk_counts_its_own_attempts_against_retries() -> None:
