@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 
 from ._checkpoint import RESUMED_FROM_CHECKPOINT, CallLedger, progress_note
+from ._interrupts import InterruptWatch
 from ._options import ParallelOptions
 from ._runner import ChunkOutcome, ChunkTask, run_chunk, run_chunk_async
 from ._split import Chunk, ChunkPlan
@@ -187,6 +188,9 @@ def iter_outcomes(call: PreparedCall) -> Generator[tuple[Chunk, ChunkOutcome], N
     completed = 0
     abort = True
     stop_running = False
+    # Ctrl-C in the body of the caller's loop over ``.stream()`` reaches this generator as
+    # GeneratorExit, as a ``break`` does: the watch tells the two apart.
+    interrupts = InterruptWatch()
     try:
         exhausted = False
         while True:
@@ -265,10 +269,11 @@ def iter_outcomes(call: PreparedCall) -> Generator[tuple[Chunk, ChunkOutcome], N
         # On Ctrl-C every backend is asked, even one that cannot stop chunks cleanly: the
         # thread backend then interrupts its threads, which would otherwise keep the
         # interpreter from exiting until their chunks end.
-        if not isinstance(error, Exception | GeneratorExit):
+        if not isinstance(error, Exception | GeneratorExit) or interrupts.interrupted():
             stop_running = True
         raise
     finally:
+        interrupts.close()
         for future in pending:
             future.cancel()
         if progress is not None:

@@ -7,20 +7,26 @@ One decorated function, three ways to run many calls:
   function's own :class:`anyio.CapacityLimiter` (one per event loop, shared by every
   caller, so ``await f(x)`` from many tasks is limited too).
 - a sync function: ``f.map(items)`` / ``f.stream(items)`` run on a thread pool of
-  ``concurrency`` threads owned by that call; ``await f.amap(items)`` runs the calls in
-  anyio worker threads under the function's limiter.
+  ``concurrency`` threads owned by that call; ``await f.amap(items)`` runs the calls on a
+  pool of its own under the function's limiter.
 
-Retries, backoff, the per-call timeout and the rate apply to every attempt on every path.
-A sync call cannot be interrupted: when its timeout passes it is given up (and retried if
-allowed) but its thread runs on, holding its concurrency slot, until the function
-returns; every path waits for such threads before it returns, so none outlives the call.
+Every path shares one retry policy (:meth:`IOBoundOptions.retry_delays`, a generator of
+backoff delays), one :class:`RateLimiter` and one meaning of ``timeout``: an attempt that
+takes longer fails with :class:`TimeoutError`. A coroutine is cancelled then. A thread
+cannot be stopped: its call is abandoned, on a daemon thread of an
+:class:`~conc_ml.backends._thread.InterruptibleThreadPool` that neither the caller nor the
+interpreter's exit waits for, and a fresh thread takes its slot. Ctrl-C (or a cancelled
+caller) abandons the running calls the same way, so that the program is back at once
+whatever the calls are blocked in.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import heapq
@@ -30,6 +36,7 @@ import numbers
 import operator
 import queue
 import random
+import sys
 import threading
 import time
 import types
@@ -37,19 +44,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Itera
 from typing import Any, Generic, ParamSpec, Protocol, Self, TypeVar, overload
 
 import anyio
-import anyio.to_thread
 from anyio.abc import TaskGroup
 from anyio.lowlevel import RunVar
 
+from ._interrupts import InterruptWatch
 from ._methods import MethodKind, bind_target, unwrap_method
-from .backends._thread import InterruptibleThreadPool
+from .backends._thread import ABANDONED_THREADS_NOTE, InterruptibleThreadPool
 
 __all__ = ["AsyncIOBoundFunction", "IOBoundFunction", "IOBoundOptions", "io_bound"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: what a failed attempt must be an instance of to be retried, unless ``retry_on`` says otherwise
+#: runs one call of an async map, given its positional and keyword arguments
+CallRunner = Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+
+#: the default ``retry_on``: transport failures (see :func:`is_transport_failure`)
 DEFAULT_RETRY_ON: tuple[type[Exception], ...] = (OSError, TimeoutError)
 
 DEFAULT_CONCURRENCY = 16
@@ -57,6 +67,41 @@ DEFAULT_BACKOFF = 0.1
 
 #: no backoff delay grows beyond this, however many retries are allowed
 MAX_BACKOFF = 60.0
+
+# Transport failures of HTTP clients that are not OSErrors, by module and class name: they
+# are matched only when their module has been imported, so conc-ml never imports them.
+_TRANSPORT_ERRORS = (("httpx", "TransportError"), ("aiohttp", "ClientConnectionError"))
+
+
+def _http_status(error: BaseException) -> int | None:
+    """The status of an HTTP answer carried by ``error`` (urllib, requests), if it is one."""
+    for holder in (error, getattr(error, "response", None)):
+        for name in ("code", "status", "status_code"):
+            status = getattr(holder, name, None)
+            if isinstance(status, int) and 100 <= status <= 599:
+                return status
+    return None
+
+
+def is_transport_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a failure to reach or hear from a server, worth another attempt.
+
+    The default ``retry_on``. Yes: :class:`OSError` (connection refused or reset, DNS,
+    urllib's ``URLError``, requests' ``ConnectionError``), :class:`TimeoutError` (read
+    timeouts, aiohttp's ``ServerTimeoutError``), ``httpx.TransportError`` (``ConnectError``,
+    ``ReadTimeout``, ...), and aiohttp's ``ClientConnectionError`` (``ServerDisconnectedError``,
+    ...). No: an HTTP answer with a 4xx status, although urllib's ``HTTPError`` and requests'
+    ``HTTPError`` are OSErrors (a 404 stays a 404); 5xx answers are retried.
+    """
+    if isinstance(error, DEFAULT_RETRY_ON):
+        status = _http_status(error)
+        return status is None or not 400 <= status < 500
+    for module_name, class_name in _TRANSPORT_ERRORS:
+        module = sys.modules.get(module_name)
+        transport = getattr(module, class_name, None) if module is not None else None
+        if isinstance(transport, type) and isinstance(error, transport):
+            return True
+    return False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,7 +112,8 @@ class IOBoundOptions:
     :ivar timeout: seconds one attempt may take, or ``None``.
     :ivar retries: further attempts after a failure that ``retry_on`` matches.
     :ivar backoff: seconds before the first retry; doubles for each further one.
-    :ivar retry_on: exception types that make an attempt worth repeating.
+    :ivar retry_on: exception types that make an attempt worth repeating; the default
+        stands for :func:`is_transport_failure`.
     :ivar rate: attempts started per second at most, or ``None``.
     """
 
@@ -78,19 +124,42 @@ class IOBoundOptions:
     retry_on: tuple[type[Exception], ...] = DEFAULT_RETRY_ON
     rate: float | None = None
 
-    def should_retry(self, error: BaseException, attempt: int) -> bool:
-        """Whether ``error``, raised by attempt number ``attempt`` (from 1), earns another attempt."""
-        return attempt <= self.retries and isinstance(error, self.retry_on)
+    def is_retryable(self, error: BaseException) -> bool:
+        """Whether ``error`` is worth another attempt (if any are left)."""
+        if self.retry_on == DEFAULT_RETRY_ON:
+            return is_transport_failure(error)
+        return isinstance(error, self.retry_on)
 
-    def retry_delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (from 1).
+    def retry_delays(self) -> Iterator[float]:
+        """The retry policy of one item: the seconds to wait before each retry it may make.
 
-        Exponential (``backoff x 2**(attempt - 1)``, capped at :data:`MAX_BACKOFF`) with
-        jitter: a uniform draw from the upper half, so that callers that failed together
-        do not retry together, while the delay still grows with each attempt.
+        One delay per allowed retry, exponential (``backoff x 2**(retry - 1)``, capped at
+        :data:`MAX_BACKOFF`) with jitter: a uniform draw from the upper half, so that
+        callers that failed together do not retry together, while the delay still grows.
         """
-        ceiling = min(MAX_BACKOFF, self.backoff * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
+        for retry in range(1, self.retries + 1):
+            ceiling = min(MAX_BACKOFF, self.backoff * 2 ** (retry - 1))
+            yield random.uniform(ceiling / 2, ceiling)
+
+
+class RetryState:
+    """Where one item stands in its retries: attempts made, and the delays left to it."""
+
+    __slots__ = ("_delays", "_options", "attempts")
+
+    def __init__(self, options: IOBoundOptions):
+        self._options = options
+        self._delays = options.retry_delays()
+        self.attempts = 1
+
+    def after_failure(self, error: BaseException) -> float | None:
+        """The backoff before the next attempt, or ``None`` when ``error`` ends the item."""
+        if not self._options.is_retryable(error):
+            return None
+        delay = next(self._delays, None)
+        if delay is not None:
+            self.attempts += 1
+        return delay
 
 
 def _number(name: str, value: object, *, minimum: float, inclusive: bool, allow_none: bool) -> float | None:
@@ -151,7 +220,8 @@ class RateLimiter:
     """Spaces the starts of attempts at least ``1 / rate`` seconds apart, across all callers.
 
     There are no bursts: time spent idle earns no credit, so in any window of ``t``
-    seconds at most ``floor(t x rate) + 1`` attempts start, from the first call on.
+    seconds at most ``floor(t x rate) + 1`` attempts start, from the first call on. One
+    limiter serves every path of a function: threads and event loops reserve slots of it.
     """
 
     def __init__(self, rate: float):
@@ -168,6 +238,18 @@ class RateLimiter:
             self._next_start = start + self._interval
             return start
 
+    def wait(self) -> None:
+        """Claim the next free start slot and sleep in this thread until it comes."""
+        delay = self.reserve() - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    async def wait_async(self) -> None:
+        """Claim the next free start slot and sleep in this task until it comes."""
+        delay = self.reserve() - time.monotonic()
+        if delay > 0:
+            await anyio.sleep(delay)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ItemOutcome:
@@ -182,19 +264,90 @@ class ItemOutcome:
 @dataclasses.dataclass(slots=True)
 class _ThreadAttempt:
     index: int
-    number: int
     deadline: float
     given_up: bool = False
 
 
 @dataclasses.dataclass(slots=True)
 class _LoopState:
-    """Per event loop: the function's limiter, and an unbounded one for its worker threads."""
+    """Per event loop: the function's limiter."""
 
     limiter: anyio.CapacityLimiter
-    # anyio's default thread limiter (40 tokens) would cap a higher ``concurrency``; the
-    # function's own limiter is already held by the task that starts the thread.
-    thread_limiter: anyio.CapacityLimiter
+
+
+def _interrupt_in(error: BaseException) -> KeyboardInterrupt | None:
+    """The :class:`KeyboardInterrupt` in ``error`` or in the exception group it is, if any."""
+    if isinstance(error, KeyboardInterrupt):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _interrupt_in(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _raise_ungrouped(group: BaseExceptionGroup[BaseException]) -> None:
+    """Re-raise what a task group wrapped as the user would expect it: Ctrl-C as Ctrl-C.
+
+    On trio, Ctrl-C arrives in one task and the task group wraps it; a caller must see
+    :class:`KeyboardInterrupt`, as it does on asyncio.
+    """
+    interrupt = _interrupt_in(group)
+    if interrupt is not None:
+        raise interrupt.with_traceback(interrupt.__traceback__) from None
+    if len(group.exceptions) == 1:
+        raise group.exceptions[0] from None
+    raise group
+
+
+def _thread_safe_waker() -> Callable[[Callable[[], object]], None]:
+    """A function that has the current event loop run a callback soon, from any thread.
+
+    It never blocks (a pool thread must not wait on an event loop that may have stopped)
+    and does nothing once the loop has ended.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+
+        def wake_trio(callback: Callable[[], object]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(callback)
+
+        return wake_trio
+
+    def wake_asyncio(callback: Callable[[], object]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(callback)
+
+    return wake_asyncio
+
+
+async def _call_in_pool(
+    pool: InterruptibleThreadPool, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run ``func`` on a thread of ``pool`` and await its result without holding a thread to wait.
+
+    Given up (a timeout, a failure elsewhere, a cancelled caller, Ctrl-C), the call is
+    abandoned on its daemon thread, and the pool grows by one thread until it returns, so
+    that the next call does not queue behind it.
+    """
+    future = pool.submit(contextvars.copy_context().run, func, *args, **kwargs)
+    finished = anyio.Event()
+    wake = _thread_safe_waker()
+    future.add_done_callback(lambda _: wake(finished.set))
+    try:
+        await finished.wait()
+    except BaseException:
+        if not future.done() and not future.cancel():
+            pool.add_threads(1)
+            future.add_done_callback(lambda _: pool.add_threads(-1))
+        raise
+    return future.result()
 
 
 class _IOBoundBase(Generic[P, R]):
@@ -247,8 +400,11 @@ class _IOBoundBase(Generic[P, R]):
 
     # -- shared pieces --------------------------------------------------------------
 
-    def _timeout_error(self) -> TimeoutError:
-        return TimeoutError(f"{self._name}() did not finish within timeout={self._options.timeout:g} s")
+    def _timeout_error(self, *, in_thread: bool) -> TimeoutError:
+        what = f"{self._name}() did not finish within timeout={self._options.timeout:g} s"
+        if in_thread:
+            return TimeoutError(f"{what}; {ABANDONED_THREADS_NOTE}")
+        return TimeoutError(f"{what}; the call was cancelled")
 
     def _annotate(self, outcome: ItemOutcome, where: str) -> Exception:
         assert outcome.error is not None
@@ -258,11 +414,15 @@ class _IOBoundBase(Generic[P, R]):
         )
         return outcome.error
 
+    def _note_attempts(self, error: Exception, attempts: int) -> None:
+        if attempts > 1:
+            error.add_note(f"conc-ml: {self._name}() failed {attempts} times (retries={self._options.retries})")
+
     def _state(self) -> _LoopState:
         try:
             return self._loop_state.get()
         except LookupError:
-            state = _LoopState(anyio.CapacityLimiter(self._options.concurrency), anyio.CapacityLimiter(math.inf))
+            state = _LoopState(anyio.CapacityLimiter(self._options.concurrency))
             self._loop_state.set(state)
             return state
 
@@ -281,38 +441,41 @@ class _IOBoundBase(Generic[P, R]):
             await state.limiter.acquire_on_behalf_of(token)
         return token
 
-    async def _wait_rate_async(self) -> None:
-        if self._rate is not None:
-            delay = self._rate.reserve() - time.monotonic()
-            if delay > 0:
-                await anyio.sleep(delay)
+    async def _attempt_async(self, run: Callable[[], Awaitable[Any]], state: _LoopState, *, in_thread: bool) -> Any:
+        """One attempt: a slot of the function's limiter, the rate, then ``run()`` within the timeout."""
+        token = await self._acquire(state)
+        try:
+            if self._rate is not None:
+                await self._rate.wait_async()
+            if self._options.timeout is None:
+                return await run()
+            with anyio.move_on_after(self._options.timeout):
+                return await run()
+            raise self._timeout_error(in_thread=in_thread)
+        finally:
+            state.limiter.release_on_behalf_of(token)
 
     async def _retrying(
-        self, index: int, attempt_once: Callable[[], Awaitable[Any]], first: int = 1, error: Exception | None = None
+        self, index: int, attempt_once: Callable[[], Awaitable[Any]], retry: RetryState, delay: float | None
     ) -> ItemOutcome:
-        """Run attempts from number ``first`` until one succeeds, or a failure ends the item.
-
-        ``error``, if given, is the failure of attempt ``first - 1``: its backoff comes first.
-        """
-        number = first
+        """Run attempts until one succeeds or a failure ends the item, first waiting ``delay`` if given."""
         while True:
-            if error is not None:
-                await anyio.sleep(self._options.retry_delay(number - 1))
+            if delay is not None:
+                await anyio.sleep(delay)
             try:
                 value = await attempt_once()
             except Exception as failure:
-                if not self._options.should_retry(failure, number):
-                    return ItemOutcome(index, None, failure, number)
-                error = failure
-                number += 1
+                delay = retry.after_failure(failure)
+                if delay is None:
+                    return ItemOutcome(index, None, failure, retry.attempts)
             else:
-                return ItemOutcome(index, value, None, number)
+                return ItemOutcome(index, value, None, retry.attempts)
 
-    async def _attempt_async(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], state: _LoopState, group: TaskGroup | None
-    ) -> Any:
-        """One attempt, holding a slot of the function's limiter while the call runs."""
-        raise NotImplementedError
+    def _runner(self) -> contextlib.AbstractAsyncContextManager[CallRunner]:
+        """What runs one call of an async map: in this event loop, or on a thread."""
+        raise NotImplementedError  # each subclass says
+
+    _runs_in_threads = False
 
     async def _drive(
         self,
@@ -330,47 +493,54 @@ class _IOBoundBase(Generic[P, R]):
         """
         state = self._state()
         source = enumerate(items)
-
-        def attempt(item: Any, group: TaskGroup) -> Callable[[], Awaitable[Any]]:
-            return lambda: self._attempt_async((item, *args), kwargs, state, group)
-
-        async def finish_item(index: int, item: Any, error: Exception, group: TaskGroup) -> None:
-            outcome = await self._retrying(index, attempt(item, group), first=2, error=error)
-            if deliver(outcome):
-                group.cancel_scope.cancel()
-
         iteration_error: list[Exception] = []
 
-        async def worker(group: TaskGroup) -> None:
-            while True:
-                # One event loop thread: no other worker can be inside next() at the same time.
-                try:
-                    entry = next(source, None)
-                except Exception as error:
-                    # The caller's iterator failed: stop, and raise that error as it is.
-                    iteration_error.append(error)
-                    group.cancel_scope.cancel()
-                    return
-                if entry is None:
-                    return
-                index, item = entry
-                try:
-                    value = await self._attempt_async((item, *args), kwargs, state, group)
-                except Exception as error:
-                    if self._options.should_retry(error, 1):
-                        group.start_soon(finish_item, index, item, error, group)
-                        continue
-                    outcome = ItemOutcome(index, None, error, 1)
-                else:
-                    outcome = ItemOutcome(index, value, None, 1)
-                if deliver(outcome):
-                    group.cancel_scope.cancel()
-                    return
+        async with self._runner() as run:
 
-        workers = min(self._options.concurrency, max(1, operator.length_hint(items, self._options.concurrency)))
-        async with anyio.create_task_group() as group:
-            for _ in range(workers):
-                group.start_soon(worker, group)
+            def attempt(item: Any) -> Callable[[], Awaitable[Any]]:
+                return lambda: self._attempt_async(
+                    lambda: run((item, *args), kwargs), state, in_thread=self._runs_in_threads
+                )
+
+            async def finish_item(index: int, item: Any, retry: RetryState, delay: float, group: TaskGroup) -> None:
+                if deliver(await self._retrying(index, attempt(item), retry, delay)):
+                    group.cancel_scope.cancel()
+
+            async def worker(group: TaskGroup) -> None:
+                while True:
+                    # One event loop thread: no other worker can be inside next() at the same time.
+                    try:
+                        entry = next(source, None)
+                    except Exception as error:
+                        # The caller's iterator failed: stop, and raise that error as it is.
+                        iteration_error.append(error)
+                        group.cancel_scope.cancel()
+                        return
+                    if entry is None:
+                        return
+                    index, item = entry
+                    retry = RetryState(self._options)
+                    try:
+                        value = await attempt(item)()
+                    except Exception as error:
+                        delay = retry.after_failure(error)
+                        if delay is not None:
+                            group.start_soon(finish_item, index, item, retry, delay, group)
+                            continue
+                        outcome = ItemOutcome(index, None, error, retry.attempts)
+                    else:
+                        outcome = ItemOutcome(index, value, None, 1)
+                    if deliver(outcome):
+                        group.cancel_scope.cancel()
+                        return
+
+            workers = min(self._options.concurrency, max(1, operator.length_hint(items, self._options.concurrency)))
+            try:
+                async with anyio.create_task_group() as group:
+                    for _ in range(workers):
+                        group.start_soon(worker, group)
+            except BaseExceptionGroup as group_error:
+                _raise_ungrouped(group_error)
         if iteration_error:
             raise iteration_error[0]
 
@@ -418,28 +588,20 @@ class AsyncIOBoundFunction(_IOBoundBase[P, R]):
             :class:`TimeoutError` if the last attempt took longer than ``timeout``.
         """
         state = self._state()
-        outcome = await self._retrying(0, lambda: self._attempt_async(args, kwargs, state, None))
+        outcome = await self._retrying(
+            0,
+            lambda: self._attempt_async(lambda: self.__wrapped__(*args, **kwargs), state, in_thread=False),
+            RetryState(self._options),
+            None,
+        )
         if outcome.error is not None:
-            if outcome.attempts > 1:
-                outcome.error.add_note(
-                    f"conc-ml: {self._name}() failed {outcome.attempts} times (retries={self._options.retries})"
-                )
+            self._note_attempts(outcome.error, outcome.attempts)
             raise outcome.error
         return outcome.value  # type: ignore[no-any-return]
 
-    async def _attempt_async(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], state: _LoopState, group: TaskGroup | None
-    ) -> Any:
-        token = await self._acquire(state)
-        try:
-            await self._wait_rate_async()
-            if self._options.timeout is None:
-                return await self.__wrapped__(*args, **kwargs)
-            with anyio.move_on_after(self._options.timeout):
-                return await self.__wrapped__(*args, **kwargs)
-            raise self._timeout_error()
-        finally:
-            state.limiter.release_on_behalf_of(token)
+    @contextlib.asynccontextmanager
+    async def _runner(self) -> AsyncIterator[CallRunner]:
+        yield lambda args, kwargs: self.__wrapped__(*args, **kwargs)
 
     async def map(
         self, items: Iterable[Any], /, *args: Any, return_exceptions: bool = False, **kwargs: Any
@@ -453,6 +615,7 @@ class AsyncIOBoundFunction(_IOBoundBase[P, R]):
             result instead of raising.
         :raises Exception: without ``return_exceptions``, the first item that fails for
             good, as its own type with a note naming its index; the other calls are cancelled.
+        :raises KeyboardInterrupt: on Ctrl-C, as itself on asyncio and trio alike.
         """
         return await self._amap(items, args, kwargs, return_exceptions, "map")
 
@@ -482,24 +645,27 @@ class AsyncIOBoundFunction(_IOBoundBase[P, R]):
             with send:
                 await self._drive(items, args, kwargs, deliver)
 
-        async with anyio.create_task_group() as group:
-            group.start_soon(drive)
-            with receive:
-                try:
-                    async for outcome in receive:
-                        if outcome.error is not None:
-                            self._annotate(outcome, "stream")
-                            if not return_exceptions:
-                                failure = outcome
-                                group.cancel_scope.cancel()
-                                break
-                            yield outcome.index, outcome.error
-                        else:
-                            yield outcome.index, outcome.value
-                except GeneratorExit:
-                    # The caller closed the stream early: cancel the calls still running and
-                    # end quietly (the task group would wrap GeneratorExit in a group).
-                    group.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(drive)
+                with receive:
+                    try:
+                        async for outcome in receive:
+                            if outcome.error is not None:
+                                self._annotate(outcome, "stream")
+                                if not return_exceptions:
+                                    failure = outcome
+                                    group.cancel_scope.cancel()
+                                    break
+                                yield outcome.index, outcome.error
+                            else:
+                                yield outcome.index, outcome.value
+                    except GeneratorExit:
+                        # The caller closed the stream early: cancel the calls still running and
+                        # end quietly (the task group would wrap GeneratorExit in a group).
+                        group.cancel_scope.cancel()
+        except BaseExceptionGroup as group_error:
+            _raise_ungrouped(group_error)
         if failure is not None:
             assert failure.error is not None
             raise failure.error
@@ -511,35 +677,57 @@ class IOBoundFunction(_IOBoundBase[P, R]):
     Created by :func:`io_bound`.
     """
 
+    _runs_in_threads = True
+
     def __init__(self, func: Callable[P, R], options: IOBoundOptions):
         super().__init__(func, options)
         self.__wrapped__: Callable[P, R] = func
 
+    def _pool(self) -> InterruptibleThreadPool:
+        return InterruptibleThreadPool(self._options.concurrency, thread_name_prefix=f"conc-ml {self._name}")
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call the function in this thread, with the rate and retries (not the timeout).
+        """Call the function once, with the rate, retries and timeout.
 
-        A plain call cannot be interrupted, so ``timeout`` applies to ``map``, ``stream``
-        and ``amap`` only.
+        Without ``timeout`` the call runs in this thread, as a plain call. With it, the call
+        runs on a thread of its own (with this thread's context variables) that is
+        abandoned when the timeout passes: a thread cannot be stopped, so a late call runs
+        on in the background, on a daemon thread, until it returns.
 
-        :raises Exception: the call's own exception once retries are spent, as its own type.
+        :raises Exception: the call's own exception once retries are spent, as its own type;
+            :class:`TimeoutError` if the last attempt took longer than ``timeout``.
         """
-        number = 1
+        retry = RetryState(self._options)
         while True:
             if self._rate is not None:
-                delay = self._rate.reserve() - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+                self._rate.wait()
             try:
-                return self.__wrapped__(*args, **kwargs)
+                return self._call_once(args, kwargs)
             except Exception as error:
-                if not self._options.should_retry(error, number):
-                    if number > 1:
-                        error.add_note(
-                            f"conc-ml: {self._name}() failed {number} times (retries={self._options.retries})"
-                        )
+                delay = retry.after_failure(error)
+                if delay is None:
+                    self._note_attempts(error, retry.attempts)
                     raise
-            time.sleep(self._options.retry_delay(number))
-            number += 1
+            time.sleep(delay)
+
+    def _call_once(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        if self._options.timeout is None:
+            return self.__wrapped__(*args, **kwargs)
+        pool = InterruptibleThreadPool(1, thread_name_prefix=f"conc-ml {self._name}")
+        future = pool.submit(contextvars.copy_context().run, self.__wrapped__, *args, **kwargs)
+        interrupted = True
+        try:
+            concurrent.futures.wait([future], timeout=self._options.timeout)
+            interrupted = False
+        finally:
+            # Ctrl-C interrupts the call too; a late call is abandoned, never waited for.
+            if future.done():
+                pool.shutdown(wait=True)
+            else:
+                pool.abandon(interrupt=interrupted)
+        if not future.done():
+            raise self._timeout_error(in_thread=True)
+        return future.result()  # type: ignore[no-any-return]
 
     # -- threads ----------------------------------------------------------------------
 
@@ -550,39 +738,41 @@ class IOBoundFunction(_IOBoundBase[P, R]):
 
         This thread schedules: it starts attempts when a thread is free (and the rate
         allows), gives up attempts past their deadline, and queues retries after their
-        backoff. A given-up attempt keeps its thread until it returns, so the number of
-        calls in flight never exceeds ``concurrency``.
+        backoff. A given-up attempt is abandoned on its daemon thread and a fresh thread
+        takes its slot, so that a stuck call never holds the others past its timeout.
         """
         options = self._options
         func = self.__wrapped__
         source = enumerate(items)
         exhausted = False
-        held: dict[int, Any] = {}  # items read and not yet finished
-        ready: collections.deque[tuple[int, int]] = collections.deque()  # (index, attempt number)
-        backing_off: list[tuple[float, int, int]] = []  # heap of (due time, index, attempt number)
+        held: dict[int, tuple[Any, RetryState]] = {}  # items read and not yet finished
+        ready: collections.deque[int] = collections.deque()
+        backing_off: list[tuple[float, int]] = []  # heap of (due time, index)
         running: dict[concurrent.futures.Future[Any], _ThreadAttempt] = {}
+        live = 0  # attempts running and not given up
         slot: float | None = None  # a reserved rate slot, not yet used
         completions: queue.SimpleQueue[concurrent.futures.Future[Any]] = queue.SimpleQueue()
-        executor = InterruptibleThreadPool(options.concurrency, thread_name_prefix=f"conc-ml {self._name}")
+        executor = self._pool()
+        watch = InterruptWatch()
+        interrupted = False
 
         def failed(attempt: _ThreadAttempt, error: Exception, now: float) -> ItemOutcome | None:
-            if options.should_retry(error, attempt.number):
-                heapq.heappush(
-                    backing_off, (now + options.retry_delay(attempt.number), attempt.index, attempt.number + 1)
-                )
+            retry = held[attempt.index][1]
+            delay = retry.after_failure(error)
+            if delay is not None:
+                heapq.heappush(backing_off, (now + delay, attempt.index))
                 return None
             del held[attempt.index]
-            return ItemOutcome(attempt.index, None, error, attempt.number)
+            return ItemOutcome(attempt.index, None, error, retry.attempts)
 
         try:
             while True:
                 now = time.monotonic()
                 while backing_off and backing_off[0][0] <= now:
-                    _, index, number = heapq.heappop(backing_off)
-                    ready.append((index, number))
+                    ready.append(heapq.heappop(backing_off)[1])
                 # Items are read only when a thread is free for them, so that a slow or
                 # endless iterator is consumed at the pace of the calls.
-                while len(running) < options.concurrency:
+                while live < options.concurrency:
                     if not ready:
                         if exhausted or len(held) >= self._window:
                             break
@@ -590,18 +780,19 @@ class IOBoundFunction(_IOBoundBase[P, R]):
                         if entry is None:
                             exhausted = True
                             break
-                        held[entry[0]] = entry[1]
-                        ready.append((entry[0], 1))
+                        held[entry[0]] = (entry[1], RetryState(options))
+                        ready.append(entry[0])
                     now = time.monotonic()
                     if self._rate is not None:
                         slot = self._rate.reserve() if slot is None else slot
                         if slot > now:
                             break
                         slot = None
-                    index, number = ready.popleft()
+                    index = ready.popleft()
                     deadline = math.inf if options.timeout is None else now + options.timeout
-                    future = executor.submit(func, held[index], *args, **kwargs)
-                    running[future] = _ThreadAttempt(index, number, deadline)
+                    future = executor.submit(func, held[index][0], *args, **kwargs)
+                    running[future] = _ThreadAttempt(index, deadline)
+                    live += 1
                     future.add_done_callback(completions.put)
                 if exhausted and not held:
                     return
@@ -624,11 +815,13 @@ class IOBoundFunction(_IOBoundBase[P, R]):
                 for future in done:  # in completion order
                     attempt = running.pop(future)
                     if attempt.given_up:
+                        executor.add_threads(-1)  # its thread is free again
                         continue
+                    live -= 1
                     error = future.exception()
                     if error is None:
-                        del held[attempt.index]
-                        yield ItemOutcome(attempt.index, future.result(), None, attempt.number)
+                        _, retry = held.pop(attempt.index)
+                        yield ItemOutcome(attempt.index, future.result(), None, retry.attempts)
                     elif isinstance(error, Exception):
                         outcome = failed(attempt, error, now)
                         if outcome is not None:
@@ -638,30 +831,61 @@ class IOBoundFunction(_IOBoundBase[P, R]):
                 expired = [a for a in running.values() if not a.given_up and a.deadline <= now]
                 for attempt in expired:
                     attempt.given_up = True
-                    outcome = failed(attempt, self._timeout_error(), now)
+                    live -= 1
+                    executor.add_threads(1)  # a fresh thread takes the abandoned one's slot
+                    outcome = failed(attempt, self._timeout_error(in_thread=True), now)
                     if outcome is not None:
                         yield outcome
         except BaseException as error:
-            if not isinstance(error, Exception | GeneratorExit):
-                # Ctrl-C: the running calls get KeyboardInterrupt too, so that the wait
-                # below ends and the process can exit.
-                executor.interrupt_running()
+            if not isinstance(error, Exception | GeneratorExit) or (
+                isinstance(error, GeneratorExit) and watch.interrupted()
+            ):
+                # Ctrl-C, here or in the body of the caller's loop over ``stream``: the
+                # running calls get KeyboardInterrupt too (they stop at their next Python
+                # instruction) and nobody waits for them.
+                executor.abandon(interrupt=True)
+                interrupted = True
             raise
         finally:
-            # Threads cannot be killed: drop what has not started, wait for what has.
-            executor.shutdown(wait=True, cancel_futures=True)
+            watch.close()
+            if not interrupted:
+                self._finish_threads(executor, running)
+
+    def _finish_threads(
+        self, executor: InterruptibleThreadPool, running: dict[concurrent.futures.Future[Any], _ThreadAttempt]
+    ) -> None:
+        """Drop what has not started; wait for running calls within their timeout, abandon the rest."""
+        executor.shutdown(wait=False, cancel_futures=True)
+        # A call cancelled in the queue never notifies waiters: wait only for those that started.
+        live = [future for future, attempt in running.items() if not attempt.given_up and not future.cancelled()]
+        try:
+            if live:
+                deadline = max(running[future].deadline for future in live)
+                timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+                concurrent.futures.wait(live, timeout=timeout)
+        except BaseException:
+            executor.abandon(interrupt=True)  # Ctrl-C while waiting
+            raise
+        if all(future.done() for future in running):
+            executor.shutdown(wait=True)  # joins idle threads only
+        else:
+            executor.abandon(interrupt=False)
 
     def map(self, items: Iterable[Any], /, *args: Any, return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
         """Call the function once per item on a pool of ``concurrency`` threads; results in input order.
 
         Each item is passed as the first argument; ``args`` and ``kwargs`` go to every call.
+        A call past its ``timeout`` fails with :class:`TimeoutError` and is abandoned on
+        its daemon thread (a thread cannot be stopped); a fresh thread takes its slot.
 
         :param items: the first argument of each call (read lazily, as slots free up).
         :param return_exceptions: put each failed item's exception in its place in the
             result instead of raising.
         :raises Exception: without ``return_exceptions``, the first item that fails for
             good, as its own type with a note naming its index; calls not yet started are
-            dropped, running ones are waited for (threads cannot be stopped).
+            dropped, running ones are waited for within their timeout.
+        :raises KeyboardInterrupt: on Ctrl-C, at once: the running calls are interrupted
+            (at their next Python instruction) and abandoned, whatever they are blocked in.
         """
         results: dict[int, Any] = {}
         with contextlib.closing(self._iter_in_threads(items, args, kwargs)) as outcomes:
@@ -678,7 +902,8 @@ class IOBoundFunction(_IOBoundBase[P, R]):
     ) -> Iterator[tuple[int, Any]]:
         """Yield ``(index, result)`` for each item as its call finishes, calls running on threads.
 
-        Leaving the loop early drops the calls not yet started and waits for running ones.
+        Leaving the loop early drops the calls not yet started and waits for running ones
+        within their timeout; Ctrl-C in the loop's body interrupts and abandons them.
 
         :param return_exceptions: yield ``(index, exception)`` for failed items instead of raising.
         :raises Exception: without ``return_exceptions``, the first item that fails for good.
@@ -698,70 +923,28 @@ class IOBoundFunction(_IOBoundBase[P, R]):
     async def amap(
         self, items: Iterable[Any], /, *args: Any, return_exceptions: bool = False, **kwargs: Any
     ) -> list[Any]:
-        """From async code: one call per item in anyio worker threads, under the function's limiter.
+        """From async code: one call per item on a thread pool of this call, under the function's limiter.
 
         Same arguments and results as :meth:`map`. Works on asyncio and trio. When the
-        caller is cancelled, calls not yet started are dropped and running ones are
-        waited for.
+        caller is cancelled (or on Ctrl-C), calls not yet started are dropped and running
+        ones are abandoned on their daemon threads: nothing waits for a call blocked in C.
 
         :raises Exception: without ``return_exceptions``, the first item that fails for good.
+        :raises KeyboardInterrupt: on Ctrl-C, as itself on asyncio and trio alike.
         """
         return await self._amap(items, args, kwargs, return_exceptions, "amap")
 
-    async def _attempt_async(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], state: _LoopState, group: TaskGroup | None
-    ) -> Any:
-        def call() -> tuple[Any, Exception | None]:
-            try:
-                return self.__wrapped__(*args, **kwargs), None
-            except Exception as error:
-                return None, error
-
-        if self._options.timeout is None:
-            token = await self._acquire(state)
-            try:
-                await self._wait_rate_async()
-                # Not abandoned on cancel: cancelling waits for the thread to return, so that
-                # no thread outlives the call.
-                value, error = await anyio.to_thread.run_sync(call, limiter=state.thread_limiter)
-            finally:
-                state.limiter.release_on_behalf_of(token)
-        else:
-            assert group is not None
-            value, error = await self._attempt_in_thread_with_timeout(call, state, group)
-        if error is not None:
-            raise error
-        return value
-
-    async def _attempt_in_thread_with_timeout(
-        self, call: Callable[[], tuple[Any, Exception | None]], state: _LoopState, group: TaskGroup
-    ) -> tuple[Any, Exception | None]:
-        token = await self._acquire(state)
-        finished = anyio.Event()
-        box: list[tuple[Any, Exception | None]] = []
-
-        async def run_in_thread() -> None:
-            try:
-                # Not abandoned on cancel: the thread keeps its slot until it returns, and the
-                # task group waits for it, so no thread outlives the call.
-                box.append(await anyio.to_thread.run_sync(call, limiter=state.thread_limiter))
-            finally:
-                state.limiter.release_on_behalf_of(token)
-                finished.set()
-
+    @contextlib.asynccontextmanager
+    async def _runner(self) -> AsyncIterator[CallRunner]:
+        pool = self._pool()
+        interrupted = False
         try:
-            await self._wait_rate_async()
-            # The thread runs in a task of its own, so that the timeout can give the attempt
-            # up without waiting for the thread to return.
-            group.start_soon(run_in_thread)
-        except BaseException:
-            state.limiter.release_on_behalf_of(token)
+            yield lambda args, kwargs: _call_in_pool(pool, self.__wrapped__, args, kwargs)
+        except BaseException as error:
+            interrupted = _interrupt_in(error) is not None
             raise
-        with anyio.move_on_after(self._options.timeout or math.inf):
-            await finished.wait()
-        if not box:
-            raise self._timeout_error()
-        return box[0]
+        finally:
+            pool.close(interrupt=interrupted)
 
 
 class _IOBoundDecorator(Protocol):
@@ -808,13 +991,26 @@ def io_bound(
     :param concurrency: calls in flight at most (per event loop for async calls, shared by
         every caller; per call of ``map``/``stream`` for threads).
     :param timeout: seconds one attempt may take; a late attempt fails with :class:`TimeoutError`
-        (retried when ``retry_on`` matches it, as it does by default).
+        (retried when ``retry_on`` matches it, as it does by default). A coroutine is
+        cancelled then. A sync call (plain, ``map``, ``stream`` or ``amap``) runs on a
+        daemon thread that is abandoned, since a thread cannot be stopped: it runs on
+        until its call returns, a fresh thread takes its slot, and neither the caller nor
+        the interpreter's exit waits for it.
     :param retries: further attempts after a failure matched by ``retry_on``.
     :param backoff: seconds before the first retry; doubled for each further one (up to
         :data:`MAX_BACKOFF`), with random jitter over the upper half.
-    :param retry_on: exception class(es) worth retrying; default ``(OSError, TimeoutError)``.
+    :param retry_on: exception class(es) worth retrying. The default, transport failures
+        (:func:`is_transport_failure`): :class:`OSError` and :class:`TimeoutError`
+        (connection refused or reset, DNS, read timeouts; urllib's ``URLError``, requests'
+        ``ConnectionError`` and ``Timeout``), ``httpx.TransportError`` (``ConnectError``,
+        ``ReadTimeout``, ...) and aiohttp's ``ClientConnectionError``, but never an HTTP
+        answer with a 4xx status (urllib's and requests' ``HTTPError`` are OSErrors: a 404
+        is not retried; a 5xx is). An explicit ``retry_on`` is used as given.
     :param rate: attempts started per second at most, across every caller of the function;
         starts are spaced ``1 / rate`` apart and idle time banks no burst.
+    :raises KeyboardInterrupt: Ctrl-C during any call or map comes back at once: running
+        calls are interrupted at their next Python instruction and abandoned, whatever
+        they are blocked in.
     :raises TypeError: on an option of the wrong type, or if ``func`` is not a function.
     :raises ValueError: on an option out of range.
     """

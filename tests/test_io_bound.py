@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
@@ -87,13 +87,16 @@ def test_io_bound_is_exported() -> None:
 
 
 def test_backoff_doubles_with_jitter_in_the_upper_half_and_is_capped() -> None:
-    options = IOBoundOptions(backoff=0.5)
-    for attempt in range(1, 6):
-        ceiling = 0.5 * 2 ** (attempt - 1)
-        delays = [options.retry_delay(attempt) for _ in range(200)]
+    options = IOBoundOptions(backoff=0.5, retries=40)
+    draws = [list(options.retry_delays()) for _ in range(200)]
+    assert all(len(delays) == 40 for delays in draws)
+    for retry in range(1, 6):
+        ceiling = 0.5 * 2 ** (retry - 1)
+        delays = [d[retry - 1] for d in draws]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(set(delays)) > 1
-    assert options.retry_delay(40) <= MAX_BACKOFF
+    assert max(d[-1] for d in draws) <= MAX_BACKOFF
+    assert list(IOBoundOptions(retries=0).retry_delays()) == []
 
 
 def test_rate_limiter_spaces_reserved_starts_and_banks_no_burst() -> None:
@@ -246,29 +249,80 @@ def test_every_item_yields_exactly_one_outcome(retries: int) -> None:
             assert calls[i] == 1
 
 
-def test_a_timed_out_thread_keeps_its_slot_until_it_returns() -> None:
+def _wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        time.sleep(0.01)
+
+
+def test_a_timed_out_call_is_abandoned_and_a_fresh_thread_takes_its_slot() -> None:
     release = threading.Event()
     first_done = threading.Event()
     first_done_when_second_started: list[bool] = []
 
     @io_bound(concurrency=1, timeout=0.05)
-    def slow_then_fast(i: int) -> int:
+    def stuck_then_fast(i: int) -> int:
         if i == 0:
-            release.wait(WAIT)
+            release.wait(WAIT)  # stuck until the test lets it go, after map has returned
             first_done.set()
         else:
             first_done_when_second_started.append(first_done.is_set())
         return i
 
-    outcomes = []
-    for index, result in slow_then_fast.stream(range(2), return_exceptions=True):
-        outcomes.append((index, result))
-        if index == 0:
-            release.set()
+    try:
+        results = stuck_then_fast.map(range(3), return_exceptions=True)
+        # map is back although item 0's call has not returned: it was abandoned.
+        assert not first_done.is_set()
+    finally:
+        release.set()
+    assert isinstance(results[0], TimeoutError)
+    assert "abandoned on its daemon thread" in str(results[0])
+    assert results[1:] == [1, 2]
+    assert first_done_when_second_started == [False, False]
+    assert all(t.daemon for t in _pool_threads())
+    _wait_until(lambda: not _pool_threads())
 
-    assert isinstance(outcomes[0][1], TimeoutError)
-    assert outcomes[1] == (1, 1)
-    assert first_done_when_second_started == [True]
+
+def test_a_plain_call_with_a_timeout_is_abandoned_when_late() -> None:
+    release = threading.Event()
+    names: list[str] = []
+
+    @io_bound(timeout=0.05)
+    def stuck(x: int) -> int:
+        names.append(threading.current_thread().name)
+        release.wait(WAIT)
+        return x
+
+    begin = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError, match=r"stuck\(\) did not finish within timeout=0.05 s"):
+            stuck(1)
+        assert time.monotonic() - begin < WAIT  # back before the call returned
+    finally:
+        release.set()
+    assert names[0].startswith("conc-ml ")
+    _wait_until(lambda: not _pool_threads())
+
+
+def test_a_plain_call_with_a_timeout_keeps_its_result_exception_and_context() -> None:
+    import contextvars
+
+    variable: contextvars.ContextVar[str] = contextvars.ContextVar("variable", default="unset")
+
+    @io_bound(timeout=WAIT)
+    def read(fail: bool) -> str:
+        if fail:
+            raise TimeoutError("the call's own timeout")  # not to be taken for conc-ml's
+        return variable.get()
+
+    token = variable.set("caller's")
+    try:
+        assert read(False) == "caller's"
+        with pytest.raises(TimeoutError, match="the call's own timeout"):
+            read(True)
+    finally:
+        variable.reset(token)
 
 
 def test_map_reads_a_long_iterator_lazily() -> None:
@@ -288,23 +342,22 @@ def test_map_reads_a_long_iterator_lazily() -> None:
     assert not _pool_threads()
 
 
-def test_interrupting_map_waits_for_running_calls_and_leaves_no_thread() -> None:
-    running = 0
-    lock = threading.Lock()
+def test_interrupting_map_interrupts_running_calls_and_does_not_wait_for_them() -> None:
     entered = threading.Event()
+    release = threading.Event()
+    interrupted: list[int] = []
 
     @io_bound(concurrency=3)
     def tracked(i: int) -> int:
-        nonlocal running
-        with lock:
-            running += 1
         entered.set()
         try:
-            time.sleep(0.05)  # a call in progress when the interrupt arrives
-            return i
-        finally:
-            with lock:
-                running -= 1
+            # Blocked in C until released: the interrupt arrives only once it returns.
+            release.wait(WAIT)
+            time.sleep(WAIT)
+        except KeyboardInterrupt:
+            interrupted.append(i)
+            raise
+        return i
 
     def items() -> Iterator[int]:
         yield 0
@@ -312,10 +365,14 @@ def test_interrupting_map_waits_for_running_calls_and_leaves_no_thread() -> None
         assert entered.wait(WAIT)
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        tracked.map(items())
-    assert running == 0
-    assert not _pool_threads()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tracked.map(items())
+        assert not interrupted  # map did not wait for the blocked calls
+    finally:
+        release.set()
+    _wait_until(lambda: sorted(interrupted) == [0, 1])
+    _wait_until(lambda: not _pool_threads())
 
 
 # -- async functions and amap ---------------------------------------------------------------
@@ -381,32 +438,33 @@ async def test_async_map_limits_itself_to_concurrency() -> None:
 
 
 @pytest.mark.anyio
-async def test_cancelling_amap_waits_for_its_threads_and_leaves_no_call_running() -> None:
-    running = 0
-    lock = threading.Lock()
+async def test_cancelling_amap_abandons_its_blocked_threads_without_waiting() -> None:
     started = threading.Event()
+    release = threading.Event()
+    finished: list[int] = []
 
     @io_bound(concurrency=4)
     def blocking(i: int) -> int:
-        nonlocal running
-        with lock:
-            running += 1
         started.set()
-        try:
-            time.sleep(0.05)  # a call in progress when the cancel arrives
-            return i
-        finally:
-            with lock:
-                running -= 1
+        release.wait(WAIT)  # blocked until the test lets it go, after the cancel returned
+        finished.append(i)
+        return i
 
-    with anyio.CancelScope() as scope:
-        async with anyio.create_task_group() as group:
-            group.start_soon(blocking.amap, range(100))
-            await anyio.to_thread.run_sync(started.wait, WAIT)
-            scope.cancel()
-    assert scope.cancelled_caught
-    assert running == 0
-    assert blocking._state().limiter.borrowed_tokens == 0
+    try:
+        with anyio.fail_after(WAIT), anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(blocking.amap, range(100))
+                await anyio.to_thread.run_sync(started.wait, WAIT)
+                scope.cancel()
+        assert scope.cancelled_caught
+        assert not finished
+        assert blocking._state().limiter.borrowed_tokens == 0
+    finally:
+        release.set()
+    with anyio.fail_after(WAIT):
+        while _pool_threads():
+            await anyio.sleep(0.01)
+    assert 1 <= len(finished) <= 4  # the running calls ended on their own; nothing else started
 
 
 @pytest.mark.anyio
@@ -452,13 +510,13 @@ async def test_async_stream_with_return_exceptions_yields_every_index() -> None:
 
 
 @pytest.mark.anyio
-async def test_amap_gives_up_a_late_thread_but_keeps_its_slot_until_it_returns() -> None:
+async def test_amap_abandons_a_late_thread_and_a_fresh_thread_takes_its_slot() -> None:
     release = threading.Event()
     first_done = threading.Event()
     first_done_when_second_started: list[bool] = []
 
     @io_bound(concurrency=1, timeout=0.05)
-    def slow_then_fast(i: int) -> int:
+    def stuck_then_fast(i: int) -> int:
         if i == 0:
             release.wait(WAIT)
             first_done.set()
@@ -466,24 +524,30 @@ async def test_amap_gives_up_a_late_thread_but_keeps_its_slot_until_it_returns()
             first_done_when_second_started.append(first_done.is_set())
         return i
 
-    results: list[object] = []
-
-    async def run() -> None:
-        results.extend(await slow_then_fast.amap(range(2), return_exceptions=True))
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(run)
-        # With one slot, item 1 waits for the limiter only once item 0 has been given up;
-        # then item 0's thread may return.
-        limiter = slow_then_fast._state().limiter
+    try:
         with anyio.fail_after(WAIT):
-            while limiter.statistics().tasks_waiting == 0:
-                await anyio.sleep(0.01)
+            results = await stuck_then_fast.amap(range(3), return_exceptions=True)
+        assert not first_done.is_set()
+    finally:
         release.set()
-
     assert isinstance(results[0], TimeoutError)
-    assert results[1] == 1
-    assert first_done_when_second_started == [True]
+    assert "abandoned on its daemon thread" in str(results[0])
+    assert results[1:] == [1, 2]
+    assert first_done_when_second_started == [False, False]
+    with anyio.fail_after(WAIT):
+        while _pool_threads():
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.anyio
+async def test_an_async_timeout_says_the_call_was_cancelled() -> None:
+    @io_bound(timeout=0.01)
+    async def forever(i: int) -> int:
+        await anyio.sleep_forever()
+        return i
+
+    with anyio.fail_after(WAIT), pytest.raises(TimeoutError, match="the call was cancelled"):
+        await forever(1)
 
 
 @pytest.mark.anyio

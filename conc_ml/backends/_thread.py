@@ -1,30 +1,43 @@
-"""The ``thread`` backend: a :class:`~concurrent.futures.ThreadPoolExecutor` per call.
+"""The ``thread`` backend, and the thread pool it shares with ``@io_bound``.
 
-Right for code that releases the GIL (numpy, BLAS, I/O). A pool per call costs a few
-hundred microseconds and guarantees that no thread outlives the call that needed it.
-BLAS/OpenMP pools are process-wide, so the cap on inner threads is applied in the caller
-for the duration of the call.
+The backend runs chunks on an :class:`InterruptibleThreadPool` per call: right for code
+that releases the GIL (numpy, BLAS, I/O). A pool per call costs a few hundred
+microseconds and ends with the call. BLAS/OpenMP pools are process-wide, so the cap on
+inner threads is applied in the caller for the duration of the call.
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures.thread import _worker as _stdlib_worker
 from typing import Any, ClassVar
 
 from .._options import usable_cpus
 
-__all__ = ["InterruptibleThreadPool", "ThreadBackend"]
+__all__ = ["ABANDONED_THREADS_NOTE", "InterruptibleThreadPool", "ThreadBackend"]
+
+#: what the errors that give up running calls say about their threads
+ABANDONED_THREADS_NOTE = (
+    "a thread cannot be killed: the running call is abandoned on its daemon thread, which ends "
+    "when the call returns or when the process exits"
+)
 
 
 class InterruptibleThreadPool(ThreadPoolExecutor):
-    """A thread pool that can raise :class:`KeyboardInterrupt` in the calls it is running.
+    """A thread pool whose calls can be interrupted or abandoned, and that exit never waits for.
 
-    Threads cannot be killed, and the interpreter waits for a pool's threads before it
-    exits: without this, Ctrl-C during a long chunk would leave the process hanging
-    until the chunk ended.
+    A Python thread cannot be killed, and a call blocked in C (``socket.recv``,
+    ``time.sleep``, a lock) does not see an exception raised in its thread until the C
+    call returns. The interpreter joins a plain
+    :class:`~concurrent.futures.ThreadPoolExecutor`'s threads at exit, so one such call
+    would keep a Ctrl-C'd program alive until it returned, for ever with a silent peer.
+    This pool's threads are daemon threads that exit does not wait for: a call given up
+    (on Ctrl-C, a timeout or a cancellation) runs on in the background and ends with its
+    call or with the process.
     """
 
     def __init__(self, max_workers: int, thread_name_prefix: str = ""):
@@ -48,16 +61,74 @@ class InterruptibleThreadPool(ThreadPoolExecutor):
             with self._running_lock:
                 self._running.discard(ident)
 
+    def _adjust_thread_count(self) -> None:
+        # The stdlib's own method, except that the threads are daemon threads and stay out
+        # of the registry that concurrent.futures joins at exit. These two private parts
+        # of ThreadPoolExecutor are the only ones this module relies on.
+        if self._idle_semaphore.acquire(timeout=0):
+            return
+        if len(self._threads) >= self._max_workers:
+            return
+
+        def wake_workers(_: object, queue: Any = self._work_queue) -> None:
+            queue.put(None)
+
+        reference = weakref.ref(self, wake_workers)
+        arguments: tuple[Any, ...]
+        if hasattr(self, "_create_worker_context"):  # Python >= 3.14
+            arguments = (reference, self._create_worker_context(), self._work_queue)
+        else:
+            arguments = (reference, self._work_queue, self._initializer, self._initargs)
+        thread = threading.Thread(
+            name=f"{self._thread_name_prefix or self}_{len(self._threads)}",
+            target=_stdlib_worker,
+            args=arguments,
+            daemon=True,
+        )
+        thread.start()
+        self._threads.add(thread)  # type: ignore[attr-defined]  # a set at run time
+
+    def add_threads(self, count: int) -> None:
+        """Let ``count`` more calls run at once (a negative count takes them back).
+
+        For a caller that stops waiting for a stuck call: the pool grows by one thread
+        while the call is stuck, so that the next call does not queue behind it.
+        """
+        with self._shutdown_lock:
+            self._max_workers += count
+
     def interrupt_running(self) -> int:
         """Raise :class:`KeyboardInterrupt` in every call still running; return how many.
 
         The exception arrives at the thread's next Python instruction: a call blocked
-        inside C code (a sleep, a lock, one long BLAS call) stops when that returns.
+        inside C code (``time.sleep``, ``socket.recv``, one long BLAS call) stops when
+        that returns, and until then is simply abandoned.
         """
         with self._running_lock:
             for ident in self._running:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
             return len(self._running)
+
+    def close(self, *, interrupt: bool = False) -> None:
+        """End the pool: join its threads if none is busy, else abandon the busy ones.
+
+        :param interrupt: raise :class:`KeyboardInterrupt` in the running calls (Ctrl-C).
+        """
+        with self._running_lock:
+            busy = bool(self._running)
+        if busy or interrupt:
+            self.abandon(interrupt=interrupt)
+        else:
+            self.shutdown(wait=True, cancel_futures=True)
+
+    def abandon(self, *, interrupt: bool) -> None:
+        """Drop the queued calls and stop waiting for the running ones, without blocking.
+
+        :param interrupt: also raise :class:`KeyboardInterrupt` in the running calls (Ctrl-C).
+        """
+        if interrupt:
+            self.interrupt_running()
+        self.shutdown(wait=False, cancel_futures=True)
 
 
 class ThreadBackend:
@@ -88,12 +159,13 @@ class ThreadBackend:
 
     def release(self, executor: Executor, *, abort: bool, stop_running: bool) -> None:
         try:
-            # Threads cannot be killed: on abort, queued chunks are dropped and the
-            # caller does not wait for the running ones, which end with their chunk. On
-            # Ctrl-C they are interrupted too, so that the process can exit.
-            if stop_running and isinstance(executor, InterruptibleThreadPool):
-                executor.interrupt_running()
-            executor.shutdown(wait=not abort, cancel_futures=True)
+            # On abort, queued chunks are dropped and the running ones abandoned on their
+            # daemon threads; on Ctrl-C they are interrupted too, and stop at their next
+            # Python instruction. Nothing waits for them, not even the interpreter's exit.
+            if abort and isinstance(executor, InterruptibleThreadPool):
+                executor.abandon(interrupt=stop_running)
+            else:
+                executor.shutdown(wait=not abort, cancel_futures=True)
         finally:
             with self._limits_lock:
                 if id(executor) in self._capped_calls:

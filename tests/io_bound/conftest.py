@@ -48,12 +48,16 @@ class ServerStats:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
+    _left_flight = False
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # keep test output clean
 
     def _answer(self, status: int, body: str) -> None:
         data = body.encode()
+        # Out of flight before the answer leaves: a client may send its next request as
+        # soon as it has read this one, before the handler's thread gets to run again.
+        self._leave_flight()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(data)))
@@ -61,6 +65,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
+        self._left_flight = False
         stats = self.server.stats
         url = urllib.parse.urlsplit(self.path)
         query = dict(urllib.parse.parse_qsl(url.query))
@@ -87,8 +92,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             else:
                 self._answer(404, "no such page")
         finally:
-            with stats.lock:
-                stats.in_flight -= 1
+            self._leave_flight()
+
+    def _leave_flight(self) -> None:
+        if not self._left_flight:
+            self._left_flight = True
+            with self.server.stats.lock:
+                self.server.stats.in_flight -= 1
 
 
 class _Server(http.server.ThreadingHTTPServer):
