@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .parity import check_parity, max_difference
+from .parity import compare as compare_parity
 from .stats import Measurement, Parity, Stats
 
 if TYPE_CHECKING:
@@ -355,9 +355,9 @@ def _same_state(left: Any, right: Any) -> bool:
     compares nor pickles counts as alike, since nothing then shows a difference.
     """
     try:
-        check_parity(left, right, rtol=0.0, atol=0.0)
-        return True
-    except Exception:  # ParityError, or an object that will not compare: judged by its pickle
+        if compare_parity(left, right, rtol=0.0, atol=0.0).error is None:
+            return True
+    except Exception:  # an object that will not compare: judged by its pickle
         pass
     try:
         import cloudpickle
@@ -416,21 +416,19 @@ class _RoundChecker:
         :raises conc_ml.errors.ParityError: on a result or argument state that differs.
         """
         __tracebackhide__ = True
-        from conc_ml.errors import ParityError
 
         plan = self.plan
         largest: float | None = 0.0
         for value, arguments, which in runs:
-            difference = max_difference(value, sequential_value)
+            checked = compare_parity(value, sequential_value, rtol=plan.rtol, atol=plan.atol)
+            difference = checked.max_difference
             largest = None if difference is None or largest is None else max(largest, difference)
-            try:
-                check_parity(value, sequential_value, rtol=plan.rtol, atol=plan.atol)
-            except ParityError as error:
+            if checked.error is not None:
                 self.fail(
                     shape,
                     overrides,
                     f"parallel result differs from .sequential() ({which}, rtol={plan.rtol:g}, "
-                    f"atol={plan.atol:g}):\n{error}",
+                    f"atol={plan.atol:g}):\n{checked.error}",
                     difference,
                 )
             if not _same_state(arguments, sequential_arguments):

@@ -15,7 +15,7 @@ from .._options import Seed
 from .._parallel import BoundParallelFunction, ParallelFunction
 from .._seeding import chunk_seed, root_seed_sequence
 from ..errors import ConcMLError, ParityError
-from ._equivalence import _show, check_tolerances, find_difference
+from ._equivalence import _show, check_tolerances, compare_results, find_difference
 
 __all__ = ["DEFAULT_BACKENDS", "assert_parallel_equivalent"]
 
@@ -71,8 +71,8 @@ def _same_outcome(actual: _Outcome, expected: _Outcome, rtol: float, atol: float
         if expected.error is not None and actual.error is not None and type(actual.error) is type(expected.error):
             return None
         return f"it {actual.describe()}, but the reference {expected.describe()}"
-    found = find_difference(actual.value, expected.value, rtol=rtol, atol=atol)
-    return None if found is None else str(found)
+    comparison = compare_results(actual.value, expected.value, rtol=rtol, atol=atol)
+    return None if comparison.equivalent else comparison.message()
 
 
 def assert_parallel_equivalent(

@@ -459,3 +459,58 @@ def test_a_tolerance_holds_in_any_memory_layout(layout: Any) -> None:
     actual = expected.copy()
     actual[1, 2] = np.nextafter(actual[1, 2], np.inf)
     assert_equivalent(layout(actual), layout(expected), rtol=1e-12)
+
+
+def test_message_leads_with_a_nan_rather_than_an_earlier_rounding_difference() -> None:
+    actual = [np.array([0.1 + 0.2, 1.0]), np.array([2.0, np.nan])]
+    expected = [np.array([0.3, 1.0]), np.array([2.0, 5.0])]
+    message = differs(actual, expected)
+    assert message.startswith("result[1][1]: actual nan, expected 5.0"), message
+    assert "NaN or infinite where the other is not" in message
+    assert "first difference in walk order: result[0][0]" in message
+
+
+def test_message_leads_with_a_type_or_shape_before_magnitude() -> None:
+    assert differs({"a": 0.1 + 0.2, "b": 1}, {"a": 0.3, "b": 1.0}).startswith("result['b']: types differ")
+    message = differs([np.array([0.1 + 0.2]), np.zeros(2)], [np.array([0.3]), np.zeros(3)])
+    assert message.startswith("result[1]: shapes differ"), message
+
+
+def test_message_leads_with_the_largest_relative_difference() -> None:
+    message = differs({"fit": np.array([1.0 + 1e-15]), "score": 10.0}, {"fit": np.array([1.0]), "score": 20.0})
+    assert message.startswith("result['score']: actual 10.0, expected 20.0"), message
+    assert "first difference in walk order: result['fit'][0]" in message
+
+
+class Point:
+    """A user's class without __eq__."""
+
+    def __init__(self, x: float, label: str) -> None:
+        self.x = x
+        self.label = label
+
+
+class Slotted:
+    __slots__ = ("value",)
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def test_classes_without_eq_are_compared_by_their_attributes() -> None:
+    assert_equivalent(Point(1.0, "a"), Point(1.0, "a"))
+    assert_equivalent(Slotted(3), Slotted(3))
+    assert differs(Point(1.0, "a"), Point(1.5, "a")).startswith("result.x: actual 1.0, expected 1.5")
+    assert differs(Slotted(3), Slotted(4)).startswith("result.value: actual 3, expected 4")
+    extra = Point(1.0, "a")
+    extra.more = 1  # type: ignore[attr-defined]
+    assert "attributes differ: only in actual ['more']" in differs(extra, Point(1.0, "a"))
+
+
+def test_same_items_in_another_order_point_at_set_iteration_order() -> None:
+    message = differs(["pear", "apple", "fig"], ["apple", "fig", "pear"])
+    assert message.startswith("result: the same 3 items in a different order"), message
+    assert "PYTHONHASHSEED" in message
+    assert "sorted(" in message
+    # Different items are not called a reordering.
+    assert "different order" not in differs(["a", "b"], ["b", "c"])
