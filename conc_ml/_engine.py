@@ -23,7 +23,9 @@ from ._checkpoint import RESUMED_FROM_CHECKPOINT, CallLedger, progress_note
 from ._interrupts import InterruptWatch
 from ._options import ParallelOptions
 from ._runner import ChunkOutcome, ChunkTask, run_chunk, run_chunk_async
+from ._sendable import locate_unpicklable
 from ._split import Chunk, ChunkPlan
+from ._tracebacks import with_source_lines
 from .backends import Backend
 from .errors import ChunkTimeoutError, RemoteTraceback, SerializationError, WorkerCrashedError
 
@@ -45,6 +47,8 @@ class PreparedCall:
     ledger: CallLedger = dataclasses.field(default_factory=CallLedger)
     #: set from another thread to stop the call (an async caller was cancelled)
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+    #: the user's function, whose code gives remote tracebacks their source lines
+    function: Callable[..., Any] | None = None
 
 
 def _progress_bar(call: PreparedCall) -> Any:
@@ -69,25 +73,28 @@ def raise_failure(outcome: ChunkOutcome, chunk: Chunk, call: PreparedCall) -> No
         f"on backend {call.backend_name!r}, worker {outcome.worker}"
     )
     if call.backend.crosses_processes:
-        raise error from RemoteTraceback(outcome.failure.traceback_text)
+        raise error from RemoteTraceback(with_source_lines(outcome.failure.traceback_text, call.function))
     raise error
 
 
-def _find_unpicklable(task: ChunkTask) -> str | None:
-    import cloudpickle
-
-    candidates: list[tuple[str, Any]] = [("the function", task.func)]
+def _find_unpicklable(task: ChunkTask, chunk: Chunk) -> tuple[str, str] | None:
+    """Which argument of ``task`` cannot be pickled, and what in it cannot (``data[3] is a ...``)."""
+    candidates: list[tuple[str, str, Any]] = [("the function", f"{task.func.__qualname__}()", task.func)]
     try:
         bound = inspect.signature(task.func).bind_partial(*task.args, **task.kwargs)
-        candidates += [(f"argument {name!r}", value) for name, value in bound.arguments.items()]
+        candidates += [(f"argument {name!r}", name, value) for name, value in bound.arguments.items()]
     except (TypeError, ValueError):
-        candidates += [(f"positional argument {i}", a) for i, a in enumerate(task.args)]
-        candidates += [(f"argument {k!r}", v) for k, v in task.kwargs.items()]
-    for where, value in candidates:
-        try:
-            cloudpickle.dumps(value)
-        except Exception:
-            return f"{where} (of type {type(value).__module__}.{type(value).__qualname__})"
+        candidates += [(f"positional argument {i}", f"args[{i}]", a) for i, a in enumerate(task.args)]
+        candidates += [(f"argument {k!r}", k, v) for k, v in task.kwargs.items()]
+    split = {id(piece) for piece in chunk.values}
+    for where, root, value in candidates:
+        found = locate_unpicklable(value)
+        if found is None:
+            continue
+        # An index into a split argument counts from the start of the whole input.
+        path = found.path(root, offset=chunk.start if id(value) in split else 0)
+        inner = f": {path} is a {found.describe()}" if found.steps else ""
+        return f"{where} (of type {type(value).__module__}.{type(value).__qualname__})", inner
     return None
 
 
@@ -99,9 +106,13 @@ def _is_pickling_error(error: BaseException) -> bool:
 
 
 def _serialization_error(error: BaseException, chunk: Chunk, task: ChunkTask, call: PreparedCall) -> SerializationError:
-    culprit = _find_unpicklable(task)
+    culprit = _find_unpicklable(task, chunk)
     if culprit is not None:
-        what = f"{culprit} of {_describe_chunk(chunk, call)} cannot be pickled to reach a {call.backend_name!r} worker"
+        where, inner = culprit
+        what = (
+            f"{where} of {_describe_chunk(chunk, call)} cannot be pickled to reach a {call.backend_name!r} "
+            f"worker{inner}"
+        )
         fix = (
             "create the object inside the function, pass something picklable (a path, a config) instead, "
             "or use backend='thread'"

@@ -30,7 +30,8 @@ from ._options import (
 )
 from ._runner import ChunkOutcome, ChunkTask, inside_worker
 from ._seeding import chunk_seed, root_seed_sequence
-from ._split import Chunk, plan_chunks
+from ._sendable import refuse_open_files
+from ._split import Chunk, in_index_order, plan_chunks
 from .backends import get_backend
 
 __all__ = ["AsyncParallelFunction", "BoundParallelFunction", "ParallelFunction", "ParallelKwargs", "parallel"]
@@ -243,10 +244,15 @@ class ParallelFunction(Generic[P, R]):
         bound.apply_defaults()
         names = _resolve_split_names(self._signature, options.split, self._name, self._method_kind)
         values = [bound.arguments[name] for name in names]
+        if self._rng_param is not None:
+            # Random streams are keyed by chunk position: give them input positions.
+            values = [_in_input_order(value) for value in values]
         workers = options.resolved_workers()
         plan = plan_chunks(values, names, chunks=options.chunks, chunk_size=options.chunk_size, workers=workers)
         backend_name = self._backend_name(options, forced_backend)
         backend = get_backend(backend_name)
+        if backend.crosses_processes:
+            refuse_open_files(bound.arguments, self._name, backend_name)
         if backend_name == "process":
             _preload_in_process_workers(self.__wrapped__)
         root = root_seed_sequence(options.seed) if self._rng_param is not None else None
@@ -286,6 +292,7 @@ class ParallelFunction(Generic[P, R]):
             workers=workers,
             plan=plan,
             make_task=make_task,
+            function=func,
             ledger=open_ledger(
                 options,
                 func=func,
@@ -359,6 +366,26 @@ class BoundParallelFunction(Generic[P, R]):
     def stream(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Yield ``(chunk index, chunk result)`` as chunks finish (an async iterator for ``async def``)."""
         return self._function.stream(self._target, *args, **kwargs)
+
+
+def _in_input_order(value: object) -> object:
+    """A ``.stream()`` of conc-ml reordered by input position; any other value as it is.
+
+    ``.stream()`` yields ``(index, result)`` pairs in completion order: a stage cut from it
+    would give chunk ``i`` whichever results arrived ``i``-th, so its random streams would
+    follow the schedule of the stage before. Reordered, chunk ``i`` holds the same items
+    on every run, at the cost of holding results that finish ahead of an earlier one.
+    """
+    if isinstance(value, types.GeneratorType) and value.gi_code in _completion_ordered_code():
+        return in_index_order(value)
+    return value
+
+
+@functools.cache
+def _completion_ordered_code() -> frozenset[types.CodeType]:
+    from ._io_bound import IOBoundFunction
+
+    return frozenset({ParallelFunction.stream.__code__, IOBoundFunction.stream.__code__})
 
 
 def _preload_in_process_workers(func: Callable[..., Any]) -> None:

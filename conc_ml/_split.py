@@ -24,6 +24,7 @@ __all__ = [
     "ChunkPlan",
     "Splitter",
     "chunk_bounds",
+    "in_index_order",
     "plan_chunks",
     "register_splitter",
     "splitter_for",
@@ -196,11 +197,13 @@ class Chunk:
     :ivar index: position of the chunk; results are combined in this order.
     :ivar values: the piece of each split argument, in the order of the split names.
     :ivar n_items: number of items in the piece.
+    :ivar start: position of the piece's first item in the whole input.
     """
 
     index: int
     values: tuple[Any, ...]
     n_items: int
+    start: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -228,6 +231,23 @@ def is_lazy_iterable(obj: object) -> bool:
         and not isinstance(obj, Sequence | str | bytes | dict | set | frozenset)
         and not hasattr(obj, "__len__")
     )
+
+
+def in_index_order(pairs: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+    """``(index, value)`` pairs that arrive in any order, yielded in index order.
+
+    Each pair is yielded as soon as every lower index has been; an index that never
+    comes holds back the rest, which are yielded in order at the end.
+    """
+    waiting: dict[int, Any] = {}
+    expected = 0
+    for index, value in pairs:
+        waiting[index] = value
+        while expected in waiting:
+            yield expected, waiting.pop(expected)
+            expected += 1
+    for index in sorted(waiting):
+        yield index, waiting.pop(index)
 
 
 def _check_pandas_labels(values: Sequence[object], names: Sequence[str]) -> None:
@@ -319,7 +339,7 @@ def plan_chunks(
     def generate() -> Iterator[Chunk]:
         for index, (start, stop) in enumerate(bounds):
             pieces = tuple(s.take(v, start, stop) for s, v in zip(splitters, prepared, strict=True))  # type: ignore[union-attr]
-            yield Chunk(index=index, values=pieces, n_items=stop - start)
+            yield Chunk(index=index, values=pieces, n_items=stop - start, start=start)
 
     return ChunkPlan(chunks=generate(), n_chunks=n_chunks, n_items=n_items)
 
@@ -331,15 +351,16 @@ def _plan_lazy(values: list[object], names: Sequence[str], chunk_size: int) -> C
 
     def generate() -> Iterator[Chunk]:
         rows = zip(*sources, strict=True)
-        index = 0
+        index = start = 0
         try:
             while True:
                 batch = list(itertools.islice(rows, chunk_size))
                 if not batch:
                     break
                 pieces = tuple(list(col) for col in zip(*batch, strict=True))
-                yield Chunk(index=index, values=pieces, n_items=len(batch))
+                yield Chunk(index=index, values=pieces, n_items=len(batch), start=start)
                 index += 1
+                start += len(batch)
         except ValueError as exc:
             if "zip()" not in str(exc):
                 raise

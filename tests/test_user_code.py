@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+from typing import Any
+
 import anyio
 import numpy as np
 import pandas as pd
 import pytest
 
-from conc_ml import SplitError, io_bound, parallel
+from conc_ml import SerializationError, SplitError, io_bound, parallel
 
 
 def group_sums(frame: pd.DataFrame) -> pd.Series:
@@ -185,3 +190,118 @@ def test_conc_bench_fixture_takes_a_bound_method(pytester: pytest.Pytester) -> N
         """
     )
     pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=1)
+
+
+class Holder:
+    """An object holding something that cannot be pickled."""
+
+    def __init__(self) -> None:
+        self.session = threading.Lock()
+
+
+def count_items(items: list[Any], config: Any = None) -> int:
+    return len(items)
+
+
+def test_serialization_error_names_the_object_and_its_path_in_the_input() -> None:
+    items: list[Any] = [0, 1, 2, 3, threading.Lock(), 5]
+    func = parallel(backend="process", chunks=2)(count_items)
+    with pytest.raises(SerializationError, match=r"items\[4\] is a _thread\.lock") as info:
+        func(items)
+    assert "cannot pickle '_thread.lock' object" in str(info.value)
+    with pytest.raises(SerializationError, match=r"config\['db'\]\.session is a _thread\.lock"):
+        func([1, 2], {"db": Holder()})
+
+
+def test_open_files_are_refused_with_a_hint(tmp_path: Any) -> None:
+    path = tmp_path / "rows.txt"
+    path.write_text("a\nb\n")
+    func = parallel(backend="process", chunks=2)(count_items)
+    with path.open() as handle:
+        with pytest.raises(SerializationError, match=r"config is an open file .*Pass the path"):
+            func([1, 2], handle)
+        with pytest.raises(SerializationError, match=r"items\[0\] is an open file"):
+            func([handle, handle])
+        # Threads share the file itself: nothing to refuse.
+        assert func.options(backend="thread")([1, 2], handle) == [1, 1]
+
+
+SCRIPT_WITH_A_FAILING_HELPER = """
+from conc_ml import parallel
+
+
+def helper(value):
+    if value == 3:
+        raise ValueError("three is not allowed")
+    return value
+
+
+@parallel(backend="process", chunks=2)
+def work(items):
+    return [helper(item) for item in items]
+
+
+if __name__ == "__main__":
+    work([1, 2, 3, 4])
+"""
+
+
+def test_remote_tracebacks_of_script_functions_show_their_source(tmp_path: Any) -> None:
+    script = tmp_path / "failing_script.py"
+    script.write_text(SCRIPT_WITH_A_FAILING_HELPER)
+    done = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 1
+    assert "<dynamic-code>" not in done.stderr
+    assert f'File "{script}", line 7, in helper' in done.stderr
+    assert 'raise ValueError("three is not allowed")' in done.stderr
+
+
+def test_a_stage_with_rng_fed_by_a_stream_keys_its_streams_by_input_position() -> None:
+    # The first stage finishes in reverse order of position, each chunk once the next stage
+    # has taken the one after it (or, when the next stage waits for position order, after
+    # a bounded wait): completion order is the opposite of input order.
+    gates = [threading.Event() for _ in range(4)]
+    gates[3].set()
+
+    def first(items: list[int]) -> int:
+        gates[items[0]].wait(0.5)
+        return items[0] * 10
+
+    def second(pairs: list[tuple[int, int]], *, rng: np.random.Generator) -> list[tuple[int, float]]:
+        index, _ = pairs[0]
+        if index > 0:
+            gates[index - 1].set()
+        return [(index, value + rng.random()) for index, value in pairs]
+
+    stage = parallel(backend="thread", chunks=4, workers=4)(first)
+    noisy = parallel(backend="sequential", chunk_size=1, seed=7, combine="concat")(second)
+    streamed = noisy(stage.stream([0, 1, 2, 3]))
+    assert [index for index, _ in streamed] == [0, 1, 2, 3]
+    assert streamed == noisy([(i, i * 10) for i in range(4)])
+
+
+NO_MAIN_GUARD = """
+from conc_ml import parallel
+
+
+@parallel(backend="dask", chunks=2)
+def count(items):
+    return len(items)
+
+
+print(count([1, 2, 3]))
+"""
+
+
+def test_dask_without_a_main_guard_says_what_to_add(tmp_path: Any) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text(NO_MAIN_GUARD)
+    done = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=90, cwd=tmp_path
+    )
+    assert done.returncode == 1
+    assert "BackendUnavailableError" in done.stderr
+    assert 'if __name__ == "__main__":' in done.stderr
+    assert "line 10 of" in done.stderr

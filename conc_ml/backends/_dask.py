@@ -28,11 +28,15 @@ lost worker fails the call at once, as on the ``process`` backend.
 
 from __future__ import annotations
 
+import ast
 import atexit
 import concurrent.futures
 import dataclasses
 import os
+import pathlib
+import sys
 import threading
+import types
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -154,6 +158,7 @@ def _embedded_client() -> distributed.Client:
                 return _embedded[1]
             _close_embedded(_embedded)
             _embedded = None
+        _require_main_guard()
         cluster = distributed.LocalCluster(
             n_workers=usable_cpus(),
             threads_per_worker=1,
@@ -170,6 +175,64 @@ def _embedded_client() -> distributed.Client:
         _embedded = (cluster, distributed.Client(cluster, set_as_default=False))
         _register_exit_hook()
         return _embedded[1]
+
+
+def _unguarded_main_line() -> int | None:
+    """The line of the running script that started this call outside its main guard, if any.
+
+    The embedded cluster starts its workers with multiprocessing's ``spawn``, which runs
+    the script again in every worker: a call at the script's top level, outside
+    ``if __name__ == "__main__":``, would run again there and start a cluster of its own,
+    which multiprocessing refuses mid-bootstrap ("Nanny failed to start"). ``None`` when
+    the call comes from a guarded line, from an interactive session or from a program
+    with no script file.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path:
+        return None
+    frame: types.FrameType | None = sys._getframe(1)
+    line = None
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals is vars(main):
+            line = frame.f_lineno
+        frame = frame.f_back
+    if line is None:
+        return None
+    try:
+        tree = ast.parse(pathlib.Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for statement in tree.body:
+        end = statement.end_lineno if statement.end_lineno is not None else statement.lineno
+        if statement.lineno <= line <= end:
+            return None if _is_main_guard(statement) else line
+    return None
+
+
+def _is_main_guard(statement: ast.stmt) -> bool:
+    if not isinstance(statement, ast.If) or not isinstance(statement.test, ast.Compare):
+        return False
+    test = statement.test
+    if len(test.ops) != 1 or not isinstance(test.ops[0], ast.Eq):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    constants = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and constants == ["__main__"]
+
+
+def _require_main_guard() -> None:
+    line = _unguarded_main_line()
+    if line is None:
+        return
+    script = getattr(sys.modules["__main__"], "__file__", "the script")
+    raise BackendUnavailableError(
+        f"backend 'dask' cannot start its embedded LocalCluster from line {line} of {script}: its worker "
+        "processes run the script again on start-up, so a call at the top level of the script must sit under "
+        "'if __name__ == \"__main__\":' (the process backend does not need it). Move the call under that guard, "
+        "or connect to a running cluster with config(address=...) or CONC_ML_DASK_ADDRESS"
+    )
 
 
 def _register_exit_hook() -> None:
