@@ -1,4 +1,10 @@
-"""conc-ml: make machine-learning code concurrent with one decorator, and prove it stays correct."""
+"""conc-ml: make machine-learning code concurrent with one decorator, and prove it stays correct.
+
+PYTEST_DONT_REWRITE: pytest rewrites the asserts of every package in a distribution that
+ships a pytest plugin, and warns when such a package was imported before it started (a
+program that imports conc_ml, then calls ``pytest.main()``); conc-ml's code has no test
+asserts to rewrite.
+"""
 
 from ._io_bound import AsyncIOBoundFunction as AsyncIOBoundFunction
 from ._io_bound import IOBoundFunction as IOBoundFunction

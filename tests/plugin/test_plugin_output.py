@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -308,3 +310,128 @@ def test_a_run_without_the_flag_does_not_import_conc_ml(pytester: pytest.Pyteste
         """
     )
     pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=100).assert_outcomes(passed=1)
+
+
+# -- the report: names, width, order; the JSON; the plot ---------------------------------------
+
+
+def test_rows_are_named_by_the_shortest_unique_node_id(pytester: pytest.Pytester) -> None:
+    body = textwrap.dedent(
+        """
+        from conc_ml import parallel
+
+        @parallel(backend="thread", chunks=2, combine="concat")
+        def fit(xs):
+            return list(xs)
+
+        class TestA:
+            def test_fit(self):
+                fit([1, 2])
+        """
+    )
+    pytester.makepyfile(test_one=body + "\nclass TestB:\n    def test_fit(self):\n        fit([1, 2])\n")
+    pytester.makepyfile(test_two=body)
+    result = pytester.runpytest(*FAST, "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["test_one.py::TestA::test_fit::fit", "*", "TestB::test_fit::fit", "*"])
+    result.stdout.fnmatch_lines(["test_two.py::TestA::test_fit::fit"])
+
+
+def test_the_report_fits_80_columns_and_orders_calls_naturally(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_many="""
+        from conc_ml import parallel
+
+        @parallel(backend="thread", chunks=2, combine="concat")
+        def a_function_with_a_rather_long_name_to_see_how_the_table_copes(xs):
+            return list(xs)
+
+        def test_a_test_whose_name_also_runs_long_for_the_purpose_of_this_check():
+            for size in range(2, 13):
+                a_function_with_a_rather_long_name_to_see_how_the_table_copes(list(range(size)))
+        """
+    )
+    result = pytester.runpytest("--conc-bench", "--conc-bench-rounds=1", "--conc-bench-warmup=0")
+    result.assert_outcomes(passed=1)
+    section = result.outlines[next(i for i, line in enumerate(result.outlines) if "- conc-bench -" in line) :]
+    assert max(len(line) for line in section) <= 80
+    calls = [line.rpartition("#")[2] for line in section if "copes#" in line]
+    assert calls == [str(n) for n in range(2, 12)]  # #2 ... #11, #10 after #9
+
+
+def test_the_json_loads_in_pytest_benchmark_compare(square_test: pytest.Pytester) -> None:
+    pytest.importorskip("pytest_benchmark")
+    result = square_test.runpytest(*FAST, "--conc-bench-json=bench.json")
+    result.assert_outcomes(passed=1)
+    path = square_test.path / "bench.json"
+    (row,) = json.loads(path.read_text())["benchmarks"]
+    assert len(row["stats"]["data"]) == row["stats"]["rounds"] == 2
+    assert row["times"]["sequential"] == row["extra_info"]["sequential"]["data"]
+    assert row["stats"]["median"] == row["parallel"]["median"]
+    compare = subprocess.run(
+        [sys.executable, "-m", "pytest_benchmark", "compare", "--columns=min,median,rounds", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=square_test.path,
+    )
+    assert compare.returncode == 0, compare.stderr
+    assert "Failed to load" not in compare.stdout + compare.stderr
+    assert "square" in compare.stdout
+
+
+def test_the_plot_has_whole_worker_ticks_and_its_legend_clear_of_the_data() -> None:
+    from pytest_conc_ml.plot import speedup_figure
+    from pytest_conc_ml.stats import Measurement, Parity, Stats
+
+    def row(workers: int, seconds: float) -> Measurement:
+        return Measurement(
+            name="fit",
+            fullname="t.py::test_fit::fit",
+            test="test_fit",
+            backend="thread",
+            workers=workers,
+            chunks=8,
+            cpus=8,
+            sequential=Stats.from_times([1.0, 1.0]),
+            parallel=Stats.from_times([seconds, seconds]),
+            parity=Parity(True, 0.0, 0.0, 0.0),
+            sweep=True,
+        )
+
+    figure, drawn = speedup_figure([row(1, 1.0), row(2, 0.55), row(3, 0.4)])
+    assert drawn == 1
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    (axes,) = figure.axes
+    low, high = axes.get_xlim()
+    ticks = [tick for tick in axes.get_xticks() if low <= tick <= high]
+    assert ticks
+    assert all(float(tick).is_integer() for tick in ticks)
+    legend = axes.get_legend()
+    assert legend is not None
+    renderer = canvas.get_renderer()
+    assert not legend.get_window_extent(renderer).overlaps(axes.get_window_extent(renderer))
+
+
+def test_importing_conc_ml_before_pytest_main_gives_no_rewrite_warning(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        def pytest_configure(config):
+            # What pytest does for each package of an installed (not editable) distribution
+            # that has a pytest11 entry point, as conc-ml does: mark it for assert rewriting.
+            config.pluginmanager.rewrite_hook.mark_rewrite("conc_ml", "pytest_conc_ml")
+        """
+    )
+    pytester.makepyfile(test_ok="def test_ok():\n    pass\n")
+    program = "import sys, conc_ml, pytest_conc_ml.plugin, pytest; sys.exit(pytest.main(['-p', 'no:cacheprovider']))"
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=100, check=False, cwd=pytester.path
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
+    for package in ("conc_ml", "pytest_conc_ml"):
+        assert f"cannot be rewritten; {package}\n" not in done.stdout + done.stderr
