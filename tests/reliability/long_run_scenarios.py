@@ -30,9 +30,9 @@ def report(**fields: Any) -> None:
 
 
 def shut_down_loky() -> None:
-    from loky import get_reusable_executor
+    from conc_ml.backends._process import shut_down_pool
 
-    get_reusable_executor().shutdown(wait=True)
+    shut_down_pool()
 
 
 def noisy_sums(rows: np.ndarray, ran: str, rng: np.random.Generator) -> float:
