@@ -51,6 +51,24 @@ def unregister_file(path: str) -> None:
     resource_tracker.unregister(path, "file")
 
 
+_leak_threshold: int | None = None
+
+
+def tolerate_in_worker(held_bytes: int) -> None:
+    """In a loky worker: memory held on purpose (mapped shared arrays) is not taken for a leak.
+
+    loky ends a worker whose resident memory grew by more than 300 MB since its first task
+    (``_MAX_MEMORY_LEAK_SIZE``, private), and mapped pages count as resident: a worker that
+    keeps a large segment mapped between chunks would be restarted after every chunk.
+    """
+    global _leak_threshold
+    from joblib.externals.loky import process_executor
+
+    if _leak_threshold is None:
+        _leak_threshold = process_executor._MAX_MEMORY_LEAK_SIZE
+    process_executor._MAX_MEMORY_LEAK_SIZE = _leak_threshold + held_bytes
+
+
 def is_broken(pool: Executor) -> bool:
     """Whether a worker of ``pool`` died (loky then refuses new tasks)."""
     flags = getattr(pool, "_flags", None)  # private: loky's _ExecutorFlags

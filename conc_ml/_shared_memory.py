@@ -62,6 +62,7 @@ import operator
 import os
 import pickle
 import secrets
+import sys
 import tempfile
 import threading
 import warnings
@@ -309,6 +310,14 @@ def _identity(stat: os.stat_result) -> tuple[int, int, int]:
     return (stat.st_dev, stat.st_ino, stat.st_size)
 
 
+def _tolerate_held_mappings() -> None:
+    # In a loky worker only (a dask worker, say, has no such check to tell).
+    if "joblib.externals.loky.process_executor" in sys.modules:
+        from ._loky import tolerate_in_worker
+
+        tolerate_in_worker(sum(len(entry.mapping) for entry in _worker_maps.values()))
+
+
 def _reap_deleted_segments() -> None:
     """Drop the mappings of segments whose file is gone, so that their memory is freed."""
     global _reaper
@@ -322,6 +331,7 @@ def _reap_deleted_segments() -> None:
                 if not alive:
                     # Only forgotten, not closed: views a chunk still holds keep it mapped.
                     del _worker_maps[path]
+            _tolerate_held_mappings()
             if not _worker_maps:
                 _reaper = None
                 return
@@ -360,6 +370,7 @@ def _map_read_only(path: str, size: int) -> mmap.mmap:
     if keep:
         with _worker_lock:
             _worker_maps[path] = _WorkerMapping(mapping, identity)
+            _tolerate_held_mappings()
             if _reaper is None:
                 _reaper = threading.Thread(target=_reap_deleted_segments, name="conc-ml-segment-reaper", daemon=True)
                 _reaper.start()

@@ -342,3 +342,36 @@ def test_an_interrupt_while_a_segment_is_created_leaves_no_file(monkeypatch: pyt
                 shared_array(BIG // 8)
     assert created, "the segment was opened at least once"
     assert [path for path in created if os.path.exists(path)] == []
+
+
+@parallel(backend="process", workers=1, chunks=3)
+def _mappings_seen(items: list[int], table: np.ndarray[Any, Any]) -> tuple[int, list[int], int]:
+    from conc_ml._shared_memory import _worker_maps
+
+    return os.getpid(), [id(entry.mapping) for entry in _worker_maps.values()], int(table[items[0]])
+
+
+def test_a_worker_maps_a_segment_once_and_keeps_it_across_chunks_and_calls() -> None:
+    table = np.arange(BIG // 8, dtype=np.int64)
+    seen = _mappings_seen([0, 1, 2], table) + _mappings_seen([3, 4, 5], table)
+    assert [value for _, _, value in seen] == [0, 1, 2, 3, 4, 5]
+    pids = {pid for pid, _, _ in seen}
+    assert len(pids) == 1, "one worker ran every chunk"
+    assert {tuple(mappings) for _, mappings, _ in seen} == {tuple(seen[0][1])}
+    assert len(seen[0][1]) == 1, "the same mapping, made once"
+
+
+def test_mappings_a_worker_keeps_are_not_taken_for_a_memory_leak_by_loky() -> None:
+    from joblib.externals.loky import process_executor
+
+    from conc_ml import _loky
+
+    before = process_executor._MAX_MEMORY_LEAK_SIZE
+    try:
+        _loky.tolerate_in_worker(400 << 20)
+        raised = process_executor._MAX_MEMORY_LEAK_SIZE
+        _loky.tolerate_in_worker(0)
+        restored = process_executor._MAX_MEMORY_LEAK_SIZE
+        assert (raised, restored) == (before + (400 << 20), before)
+    finally:
+        process_executor._MAX_MEMORY_LEAK_SIZE = before
