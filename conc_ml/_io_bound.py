@@ -41,7 +41,7 @@ import threading
 import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
-from typing import Any, Generic, ParamSpec, Protocol, Self, TypeVar, overload
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, TypeVar, overload
 
 import anyio
 from anyio.abc import TaskGroup
@@ -55,6 +55,8 @@ __all__ = ["AsyncIOBoundFunction", "IOBoundFunction", "IOBoundOptions", "io_boun
 
 P = ParamSpec("P")
 R = TypeVar("R")
+#: the parameters of a method after its instance
+_Q = ParamSpec("_Q")
 
 #: runs one call of an async map, given its positional and keyword arguments
 CallRunner = Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
@@ -370,11 +372,7 @@ class _IOBoundBase(Generic[P, R]):
     #: set by the decorator when it wraps a classmethod or staticmethod
     _method_kind = MethodKind.FUNCTION
 
-    @overload
-    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
-    @overload
-    def __get__(self, instance: object, owner: type[Any] | None = None) -> Any: ...
-    def __get__(self, instance: object, owner: type[Any] | None = None) -> Any:
+    def _bind(self, instance: object, owner: type[Any] | None) -> Any:
         """Bind to the instance (or class) a method is looked up on, as a ``def`` would.
 
         The bound copy shares this function's limiter, rate and options: ``concurrency``
@@ -581,6 +579,16 @@ class AsyncIOBoundFunction(_IOBoundBase[P, R]):
         super().__init__(func, options)
         self.__wrapped__: Callable[P, Awaitable[R]] = func
 
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+    @overload
+    def __get__(
+        self: AsyncIOBoundFunction[Concatenate[Any, _Q], R], instance: object, owner: type[Any] | None = None
+    ) -> AsyncIOBoundFunction[_Q, R]: ...
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> Any:
+        """A method looked up on an instance (or a classmethod on its class) binds to it."""
+        return self._bind(instance, owner)
+
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Await one call under the function's limiter, timeout, retries and rate.
 
@@ -682,6 +690,16 @@ class IOBoundFunction(_IOBoundBase[P, R]):
     def __init__(self, func: Callable[P, R], options: IOBoundOptions):
         super().__init__(func, options)
         self.__wrapped__: Callable[P, R] = func
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+    @overload
+    def __get__(
+        self: IOBoundFunction[Concatenate[Any, _Q], R], instance: object, owner: type[Any] | None = None
+    ) -> IOBoundFunction[_Q, R]: ...
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> Any:
+        """A method looked up on an instance (or a classmethod on its class) binds to it."""
+        return self._bind(instance, owner)
 
     def _pool(self) -> InterruptibleThreadPool:
         return InterruptibleThreadPool(self._options.concurrency, thread_name_prefix=f"conc-ml {self._name}")

@@ -484,3 +484,20 @@ def test_conc_bench_checks_and_times_calls_on_dask(
     result = pytester.runpytest_subprocess("--conc-bench", "--conc-bench-rounds=2", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["test_noisy::noisy", "  dask*2*3*ok*"])
+
+
+class Offset:
+    """A user's class with a @parallel method: the instance travels with each chunk."""
+
+    def __init__(self, offset: float) -> None:
+        self.offset = offset
+
+    @parallel(chunks=3, combine="concat")
+    def shift(self, values: list[float]) -> list[float]:
+        return [value + self.offset for value in values]
+
+
+def test_methods_run_with_their_instance_on_dask(on_dask: Any) -> None:
+    shifter = Offset(0.5)
+    assert shifter.shift([1.0, 2.0, 3.0]) == [1.5, 2.5, 3.5]
+    assert sorted(shifter.shift.stream([1.0, 2.0, 3.0])) == [(0, [1.5]), (1, [2.5]), (2, [3.5])]
