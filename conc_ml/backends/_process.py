@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import Any, ClassVar
@@ -28,7 +29,14 @@ from typing import Any, ClassVar
 from .._options import usable_cpus
 from ..errors import SerializationError, WorkerCrashedError
 
-__all__ = ["ProcessBackend", "inner_thread_env", "limit_inner_threads", "shut_down_pool"]
+__all__ = [
+    "ProcessBackend",
+    "inner_thread_env",
+    "limit_inner_threads",
+    "prepare_worker",
+    "shut_down_pool",
+    "watch_parent",
+]
 
 #: seconds an idle worker waits for work before loky shuts it down
 IDLE_TIMEOUT = 300
@@ -60,6 +68,48 @@ def limit_inner_threads(env: dict[str, str]) -> None:
 
     os.environ.update(env)
     threadpool_limits(int(next(iter(env.values()))))
+
+
+#: seconds between two looks of a worker at its parent (see :func:`watch_parent`)
+PARENT_POLL_INTERVAL = 0.25
+
+
+def watch_parent(interval: float = PARENT_POLL_INTERVAL) -> threading.Thread:
+    """Run in each worker as it starts: exit as soon as the process that started it is gone.
+
+    A caller killed with SIGKILL (the OOM killer, a job scheduler, a crashed notebook
+    kernel) cannot tell its workers to stop: they would run their chunk to the end, then
+    wait for work until loky's idle timeout, holding memory and the caller's stdout and
+    stderr. A daemon thread watches the caller: a worker forked by the fork server holds
+    a pipe that only the caller writes to, which reaches EOF when the caller dies; a
+    worker started by loky is the caller's child, and is handed to another parent (init
+    or a subreaper) when the caller dies, which the thread checks every ``interval``.
+    """
+    import multiprocessing.connection
+
+    caller = multiprocessing.parent_process()
+    sentinel = None if caller is None else caller.sentinel
+    # Recorded when the caller created the worker: a caller killed while the worker was
+    # still starting is not taken for a parent that is alive.
+    caller_pid = os.getppid() if caller is None or caller.pid is None else caller.pid
+
+    def watch() -> None:
+        if sentinel is not None:
+            multiprocessing.connection.wait([sentinel])
+        else:
+            while os.getppid() == caller_pid:
+                time.sleep(interval)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="conc-ml-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def prepare_worker(env: dict[str, str]) -> None:
+    """Run in each worker as it starts: cap its inner threads, and watch its parent."""
+    watch_parent()
+    limit_inner_threads(env)
 
 
 def _signal_name(code: int) -> str:
@@ -99,7 +149,7 @@ class _SharedPool:
                     # conc_ml.backends._forkserver), or started fresh when CONC_ML_START_METHOD=loky.
                     context=context(),
                     env=env,
-                    initializer=limit_inner_threads,
+                    initializer=prepare_worker,
                     initargs=(env,),
                 )
                 self._pool, self._workers = pool, workers

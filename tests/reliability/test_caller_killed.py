@@ -1,0 +1,99 @@
+"""A caller killed with SIGKILL takes everything it started with it, within seconds.
+
+The OOM killer, a job scheduler or a crashed notebook kernel give no chance to clean up:
+the fork server and the workers must notice on their own, not linger for loky's idle
+timeout (or for good) holding memory, loky's semaphores in ``/dev/shm``, and the caller's
+stdout and stderr (a parent reading them would wait for ever).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from .programs import program_environment, write_program
+
+GONE_WITHIN = 10.0
+START_WITHIN = 60.0
+
+_PROGRAM = """
+    import os, sys, time
+    import conc_ml
+
+    def busy(items, marker):
+        with open(marker, "a") as file:
+            file.write(f"{os.getpid()}\\n")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        return items
+
+    marker, state = sys.argv[1], sys.argv[2]
+    work = conc_ml.parallel(backend="process", workers=2, chunks=2)(busy)
+    if state == "idle":
+        conc_ml.parallel(backend="process", workers=2, chunks=2)(len)([1, 2])
+        with open(marker, "a") as file:
+            file.write("idle\\n")
+        time.sleep(120)
+    else:
+        work([1, 2], marker)
+"""
+
+
+def _is_gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_for(marker: Path, lines: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + START_WITHIN
+    while not (marker.exists() and len(marker.read_text().splitlines()) >= lines):
+        assert process.poll() is None, f"the program ended early:\n{process.communicate()}"
+        assert time.monotonic() < deadline, "the program did not get going"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("state", ["running", "idle"])
+@pytest.mark.parametrize("method", ["forkserver", "loky"])
+def test_a_killed_caller_leaves_no_process_pipe_or_semaphore(tmp_path: Path, method: str, state: str) -> None:
+    program = write_program(tmp_path, _PROGRAM)
+    marker = tmp_path / "started"
+    process = subprocess.Popen(
+        [sys.executable, str(program), str(marker), state],
+        cwd=tmp_path,
+        env=program_environment(CONC_ML_START_METHOD=method, TMPDIR=str(tmp_path)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    descendants: list[psutil.Process] = []
+    try:
+        _wait_for(marker, 2 if state == "running" else 1, process)
+        descendants = psutil.Process(process.pid).children(recursive=True)
+        assert len(descendants) >= 2
+        os.kill(process.pid, signal.SIGKILL)
+        # Returns only once every holder of the program's stdout and stderr is gone.
+        process.communicate(timeout=GONE_WITHIN)
+        deadline = time.monotonic() + GONE_WITHIN
+        while not all(_is_gone(p) for p in descendants) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        alive = [p.pid for p in descendants if not _is_gone(p)]
+    finally:
+        for child in descendants:
+            if not _is_gone(child):
+                child.kill()
+        process.kill()
+        process.communicate()
+    assert not alive, f"processes outlived their killed caller: {alive}"
+    left = [name for name in os.listdir("/dev/shm") if f"-{process.pid}-" in name]
+    assert not left, f"left in /dev/shm: {left}"
