@@ -21,6 +21,7 @@ from ._warm_up import warm_up as warm_up
 from .backends import available_backends as available_backends
 from .backends import register_backend as register_backend
 from .errors import BackendUnavailableError as BackendUnavailableError
+from .errors import ChunkExitError as ChunkExitError
 from .errors import ChunkTimeoutError as ChunkTimeoutError
 from .errors import ConcMLError as ConcMLError
 from .errors import ParityError as ParityError
@@ -35,6 +36,7 @@ __all__ = [
     "AsyncParallelFunction",
     "BackendUnavailableError",
     "BoundParallelFunction",
+    "ChunkExitError",
     "ChunkTimeoutError",
     "ConcMLError",
     "IOBoundFunction",

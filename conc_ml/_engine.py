@@ -27,7 +27,7 @@ from ._sendable import locate_unpicklable
 from ._split import Chunk, ChunkPlan
 from ._tracebacks import with_source_lines
 from .backends import Backend
-from .errors import ChunkTimeoutError, RemoteTraceback, SerializationError, WorkerCrashedError
+from .errors import ChunkExitError, ChunkTimeoutError, RemoteTraceback, SerializationError, WorkerCrashedError
 
 __all__ = ["PreparedCall", "iter_outcomes", "iter_outcomes_async"]
 
@@ -68,12 +68,28 @@ def raise_failure(outcome: ChunkOutcome, chunk: Chunk, call: PreparedCall) -> No
     """Re-raise a chunk's exception as its own type, with a note saying where it ran."""
     assert outcome.failure is not None
     error = outcome.failure.error
-    error.add_note(
+    note = (
         f"conc-ml: raised in {_describe_chunk(chunk, call)} of {call.function_name}() "
         f"on backend {call.backend_name!r}, worker {outcome.worker}"
     )
-    if call.backend.crosses_processes:
-        raise error from RemoteTraceback(with_source_lines(outcome.failure.traceback_text, call.function))
+    error.add_note(note)
+    remote = (
+        RemoteTraceback(with_source_lines(outcome.failure.traceback_text, call.function))
+        if call.backend.crosses_processes
+        else None
+    )
+    if isinstance(error, SystemExit):
+        # Re-raised, it would end the caller's program without a word.
+        error.__cause__ = remote
+        exit_error = ChunkExitError(
+            f"{_describe_chunk(chunk, call)} of {call.function_name}() called sys.exit({error.code!r}); "
+            "a chunk cannot end the program: raise an exception instead, or return a value the caller checks",
+            code=error.code,
+        )
+        exit_error.add_note(note)
+        raise exit_error from error
+    if remote is not None:
+        raise error from remote
     raise error
 
 
@@ -159,6 +175,12 @@ def _raise_translated(
         raise translated from error
     if _is_pickling_error(error):
         raise _serialization_error(error, chunk, task, call) from error
+    # Not the function's own failure (that comes back as a ChunkFailure, with its note):
+    # raised while the chunk's task or result crossed to or from the worker.
+    error.add_note(
+        f"conc-ml: raised by backend {call.backend_name!r} while {_describe_chunk(chunk, call)} of "
+        f"{call.function_name}() or its result was sent to or from a worker"
+    )
 
 
 def _count_resumed(progress: Any, chunk: Chunk, ledger: CallLedger) -> None:

@@ -26,6 +26,22 @@ __all__ = ["ChunkFailure", "ChunkOutcome", "ChunkTask", "inside_worker", "run_ch
 _inside_worker: contextvars.ContextVar[bool] = contextvars.ContextVar("conc_ml_inside_worker", default=False)
 
 
+#: set in each process worker as it starts (see conc_ml.backends._process.prepare_worker)
+_in_worker_process = False
+
+
+def mark_worker_process() -> None:
+    """Record that this process is a process worker: a ``KeyboardInterrupt`` here is a chunk's failure."""
+    global _in_worker_process
+    _in_worker_process = True
+
+
+def _interrupts_the_caller(error: BaseException) -> bool:
+    # Ctrl-C in the caller's own process (sequential, thread and async backends) stops the
+    # call: it must propagate, not be reported as the failure of one chunk.
+    return isinstance(error, KeyboardInterrupt) and not _in_worker_process
+
+
 def inside_worker() -> bool:
     """Whether the current code runs inside a chunk that conc-ml started."""
     return _inside_worker.get()
@@ -144,7 +160,7 @@ def _chunk_kwargs(task: ChunkTask) -> dict[str, Any]:
     return {**task.kwargs, task.rng_param: np.random.default_rng(task.seed)}
 
 
-def _failed(task: ChunkTask, error: Exception) -> ChunkOutcome:
+def _failed(task: ChunkTask, error: BaseException) -> ChunkOutcome:
     text = "".join(traceback.format_exception(error))
     return ChunkOutcome(task.index, None, ChunkFailure(error, text), describe_worker())
 
@@ -152,8 +168,13 @@ def _failed(task: ChunkTask, error: Exception) -> ChunkOutcome:
 def run_chunk(task: ChunkTask) -> ChunkOutcome:
     """Run one chunk and capture its result or its exception.
 
-    An ``async def`` function gets an event loop of its own for the chunk.
-    ``KeyboardInterrupt`` and ``SystemExit`` are not captured: they stop the worker.
+    An ``async def`` function gets an event loop of its own for the chunk. Every exception
+    is captured, ``SystemExit``, ``GeneratorExit`` and other ``BaseException`` subclasses
+    included (and ``KeyboardInterrupt`` in a process worker): left alone, loky would send
+    them back without the chunk's note and traceback, and a ``SystemExit`` re-raised in the
+    caller would end the caller's program in silence (the engine turns it into a
+    :class:`~conc_ml.errors.ChunkExitError`). A ``KeyboardInterrupt`` in the caller's own
+    process is Ctrl-C, which stops the whole call: it is not captured.
     """
     if inspect.iscoroutinefunction(task.func):
         import anyio
@@ -163,16 +184,28 @@ def run_chunk(task: ChunkTask) -> ChunkOutcome:
     with _chunk_context(task):
         try:
             value = task.func(*task.args, **_chunk_kwargs(task))
-        except Exception as error:
+        except BaseException as error:
+            if _interrupts_the_caller(error):
+                raise
             return _failed(task, error)
     return ChunkOutcome(task.index, value, None, describe_worker())
 
 
 async def run_chunk_async(task: ChunkTask) -> ChunkOutcome:
-    """Await one chunk of an ``async def`` function in the current event loop."""
+    """Await one chunk of an ``async def`` function in the current event loop.
+
+    As :func:`run_chunk`, every exception is captured except the event loop's cancellation,
+    which must reach the task group that cancelled the chunk.
+    """
+    import anyio
+
     with _chunk_context(task):
         try:
             value = await task.func(*task.args, **_chunk_kwargs(task))
-        except Exception as error:
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as error:
+            if _interrupts_the_caller(error):
+                raise
             return _failed(task, error)
     return ChunkOutcome(task.index, value, None, describe_worker())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendUnavailableError",
+    "ChunkExitError",
     "ChunkTimeoutError",
     "ConcMLError",
     "ParityError",
@@ -42,6 +43,23 @@ class WorkerCrashedError(ConcMLError, RuntimeError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild_with_kwargs, (type(self), self.args, {"chunk": self.chunk, "exitcode": self.exitcode}))
+
+
+class ChunkExitError(ConcMLError, RuntimeError):
+    """A chunk called :func:`sys.exit` (raised :class:`SystemExit`).
+
+    Re-raised as it is, it would end the caller's program without a word; it is an error
+    of the call instead, with the ``SystemExit`` chained as its cause.
+
+    :ivar code: the exit code the chunk asked for (``SystemExit.code``).
+    """
+
+    def __init__(self, message: str, *, code: object = None):
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_with_kwargs, (type(self), self.args, {"code": self.code}))
 
 
 class ChunkTimeoutError(ConcMLError, TimeoutError):

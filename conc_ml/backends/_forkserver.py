@@ -49,7 +49,6 @@ be put in their environment.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import multiprocessing.connection
 import multiprocessing.context
@@ -63,6 +62,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -269,19 +269,31 @@ def _server_died(error: BaseException) -> BaseException:
 
     pid = _server.pid()
     code: int | None = None
-    if pid is not None:
-        with contextlib.suppress(ChildProcessError):
+    deadline = time.monotonic() + 1.0
+    while pid is not None and code is None and time.monotonic() < deadline:
+        try:
             waited, status = os.waitpid(pid, os.WNOHANG)
-            if waited:
-                code = os.waitstatus_to_exitcode(status)
-                # Reaped here: the next call's ensure_running must not wait for it again.
-                _server.forget()
+        except ChildProcessError:
+            break
+        if waited:
+            code = os.waitstatus_to_exitcode(status)
+            # Reaped here: the next call's ensure_running must not wait for it again.
+            _server.forget()
+        else:
+            time.sleep(0.01)  # it closed its socket and is exiting: bounded wait for its status
+    with _lock:
+        # The next server imports conc-ml's own modules only: one of the others may be what killed it.
+        dropped = [name for name in _wanted if name not in ALWAYS]
+        _wanted.clear()
+        _wanted.update(dict.fromkeys(ALWAYS))
     how = "" if code is None else (f" (killed by signal {-code})" if code < 0 else f" (exit code {code})")
+    suspects = f" ({', '.join(dropped)})" if dropped else ""
     return WorkerCrashedError(
-        f"conc-ml's fork server, which starts the process workers, died{how} before it could start one: "
-        f"{type(error).__name__}: {error}. A module it imports for the workers (see conc_ml.warm_up) may "
-        "crash the interpreter, or memory ran out. The next call starts a new server; if it keeps dying, "
-        f"set {START_METHOD_VARIABLE}=loky to start workers as fresh interpreters instead",
+        f"conc-ml's fork server, which starts the process workers, died{how} before it could start one "
+        f"({type(error).__name__}: {error}). A module it imported for the workers{suspects} may end or crash "
+        "the interpreter when imported, or memory ran out. The next call starts a new server that imports "
+        f"only conc-ml's own modules; if that one dies too, set {START_METHOD_VARIABLE}=loky to start "
+        "workers as fresh interpreters",
         exitcode=code,
     )
 

@@ -27,10 +27,11 @@ from concurrent.futures import Executor
 from typing import Any, ClassVar
 
 from .._options import usable_cpus
-from ..errors import SerializationError, WorkerCrashedError
+from ..errors import BackendUnavailableError, SerializationError, WorkerCrashedError
 
 __all__ = [
     "ProcessBackend",
+    "in_daemonic_process",
     "inner_thread_env",
     "limit_inner_threads",
     "prepare_worker",
@@ -108,6 +109,9 @@ def watch_parent(interval: float = PARENT_POLL_INTERVAL) -> threading.Thread:
 
 def prepare_worker(env: dict[str, str]) -> None:
     """Run in each worker as it starts: cap its inner threads, and watch its parent."""
+    from .._runner import mark_worker_process
+
+    mark_worker_process()
     watch_parent()
     limit_inner_threads(env)
 
@@ -142,16 +146,19 @@ class _SharedPool:
                 pool = None
             if pool is None:
                 env = inner_thread_env(workers)
-                pool = _loky.ProcessPoolExecutor(
-                    max_workers=workers,
-                    timeout=IDLE_TIMEOUT,
-                    # Workers are forked from a server that has imported their modules (see
-                    # conc_ml.backends._forkserver), or started fresh when CONC_ML_START_METHOD=loky.
-                    context=context(),
-                    env=env,
-                    initializer=prepare_worker,
-                    initargs=(env,),
-                )
+                try:
+                    pool = _loky.ProcessPoolExecutor(
+                        max_workers=workers,
+                        timeout=IDLE_TIMEOUT,
+                        # Workers are forked from a server that has imported their modules (see
+                        # conc_ml.backends._forkserver), or started fresh when CONC_ML_START_METHOD=loky.
+                        context=context(),
+                        env=env,
+                        initializer=prepare_worker,
+                        initargs=(env,),
+                    )
+                except OSError as error:
+                    raise _no_semaphores(error) from error
                 self._pool, self._workers = pool, workers
             self._users += 1
             return pool
@@ -171,6 +178,25 @@ class _SharedPool:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+
+
+def _no_semaphores(error: OSError) -> BackendUnavailableError:
+    # The pool's queues and locks are POSIX named semaphores, which Linux keeps in /dev/shm.
+    return BackendUnavailableError(
+        f"the process backend cannot create the semaphores its pool needs ({type(error).__name__}: {error}); "
+        "they live in /dev/shm, which must exist and be writable. In a container, mount it "
+        "(docker run --shm-size=1g, or a tmpfs at /dev/shm); or use backend='thread'"
+    )
+
+
+def in_daemonic_process() -> bool:
+    """Whether this process is a daemonic ``multiprocessing`` child (a dask task, a ``Pool`` worker).
+
+    Such a process may not start children of its own.
+    """
+    import multiprocessing
+
+    return bool(multiprocessing.current_process().daemon)
 
 
 _shared_pool = _SharedPool()
@@ -196,7 +222,11 @@ class ProcessBackend:
 
     def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:
         from .._shared_memory import SharingExecutor
+        from ._sequential import InlineExecutor
 
+        if in_daemonic_process():
+            # As joblib does: the chunks run one after another here, like a nested call in a worker.
+            return InlineExecutor()
         pool = _shared_pool.lend(workers)
         # issue 6: large numpy arguments travel through shared memory (see conc_ml._shared_memory).
         return SharingExecutor(pool)
@@ -204,7 +234,10 @@ class ProcessBackend:
     def release(self, executor: Executor, *, abort: bool, stop_running: bool) -> None:
         from .. import _loky
         from .._shared_memory import SharingExecutor
+        from ._sequential import InlineExecutor
 
+        if isinstance(executor, InlineExecutor):
+            return
         sharing = executor if isinstance(executor, SharingExecutor) else None
         if sharing is not None:
             executor = sharing.pool
