@@ -128,6 +128,7 @@ def _serve(listener_fd: int, alive_r: int) -> None:
                 ready = [key.fileobj for key, _ in selector.select()]
                 if alive_r in ready:
                     # EOF: the caller exited or was killed; its workers have nobody to work for.
+                    _remove_socket_file(listener.getsockname())
                     return
                 if sig_r in ready:
                     os.read(sig_r, 65536)
@@ -167,6 +168,18 @@ def _serve(listener_fd: int, alive_r: int) -> None:
         for pid in pid_to_fd:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _remove_socket_file(address: object) -> None:
+    """Delete the server's socket file and its folder, which a killed caller could not delete."""
+    if not isinstance(address, str) or not address or address.startswith("\0"):
+        return  # an abstract socket: nothing on disk
+    with contextlib.suppress(OSError):
+        os.unlink(address)
+    folder = os.path.dirname(address)
+    if os.path.basename(folder).startswith("pymp-"):
+        with contextlib.suppress(OSError):  # not empty: something else of the caller's is there
+            os.rmdir(folder)
 
 
 def _reap(pid_to_fd: dict[int, int], write_signed: Any) -> None:

@@ -97,3 +97,4 @@ def test_a_killed_caller_leaves_no_process_pipe_or_semaphore(tmp_path: Path, met
     assert not alive, f"processes outlived their killed caller: {alive}"
     left = [name for name in os.listdir("/dev/shm") if f"-{process.pid}-" in name]
     assert not left, f"left in /dev/shm: {left}"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["program.py", "started"]
