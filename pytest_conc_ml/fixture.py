@@ -140,10 +140,6 @@ class Recorder:
             self._sites.setdefault((name, site), slot)
             return slot
 
-    def fullname(self, name: str) -> str:
-        """A name unique within the run: the node id, the name, and ``#n`` from the second call on."""
-        return self.begin(name).fullname
-
     def add(self, row: Measurement) -> None:
         """Record ``row`` for this test and the session; a repeated site's row is counted into the first."""
         with self._lock:

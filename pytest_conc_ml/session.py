@@ -136,6 +136,10 @@ class BenchSession:
                         f"--conc-bench-compare-fail={settings.compare_fail:g} checked nothing: no timed row of this "
                         f"run matches a row of the saved run {settings.compare!r}"
                     )
+        if settings.min_speedup is not None and not timed:
+            self.unchecked_gates.append(
+                f"--conc-bench-min-speedup={settings.min_speedup:g} checked nothing: no call was timed in this run"
+            )
         if settings.save is not None:
             self._save(root, timed)
         if settings.plot is not None:

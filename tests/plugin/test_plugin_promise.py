@@ -197,6 +197,14 @@ def test_timing_gates_under_xdist_are_usage_errors(functions: pytest.Pytester, g
     result.stderr.fnmatch_lines(["*cannot work under pytest-xdist*Run the timed job without -n*"])
 
 
+def test_a_speedup_bar_with_nothing_timed_fails_the_run(functions: pytest.Pytester) -> None:
+    functions.makepyfile(test_other="def test_plain():\n    pass\n")
+    result = functions.runpytest(*FAST, "--conc-bench-min-speedup=1.5")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["conc-bench: GATE NOT CHECKED: --conc-bench-min-speedup=1.5 checked nothing*"])
+
+
 def test_a_save_keeps_the_rows_this_run_did_not_measure(functions: pytest.Pytester) -> None:
     functions.makepyfile(
         """

@@ -10,7 +10,7 @@ import pytest
 
 from pytest_conc_ml.fixture import BenchPlan
 from pytest_conc_ml.parity import max_difference
-from pytest_conc_ml.report import format_seconds, report_lines
+from pytest_conc_ml.report import format_seconds, report_lines, short_names
 from pytest_conc_ml.stats import Measurement, Parity, Stats, karp_flatt
 
 
@@ -128,3 +128,30 @@ def test_report_highlights_slow_rows_and_parity_failures() -> None:
     assert by_name == {"test_f::f": {"yellow": True}, "test_f::g": {"red": True, "bold": True}, "test_f::h": {}}
     assert any("FAIL" in text for text, _ in lines)
     assert lines[0] == ("H", {})
+
+
+def test_short_names_add_parts_until_unique() -> None:
+    names = short_names(
+        [
+            "tests/a/test_x.py::TestA::test_fit",
+            "tests/a/test_x.py::TestB::test_fit",
+            "tests/b/test_x.py::TestA::test_fit",
+            "tests/b/test_y.py::test_other[1-2]",
+        ]
+    )
+    assert names == {
+        "tests/a/test_x.py::TestA::test_fit": "a/test_x.py::TestA::test_fit",
+        "tests/a/test_x.py::TestB::test_fit": "TestB::test_fit",
+        "tests/b/test_x.py::TestA::test_fit": "b/test_x.py::TestA::test_fit",
+        "tests/b/test_y.py::test_other[1-2]": "test_other[1-2]",
+    }
+
+
+def test_report_warns_about_efficiency_above_one() -> None:
+    # 3x on an ideal of 2 (two workers): more than the workers can give
+    superlinear = _row(workers=2, sequential=Stats.from_times([3.0]), parallel=Stats.from_times([1.0]))
+    lines = report_lines([superlinear, _row(fullname="t.py::test_f::g", name="g")], header="H", timing=True)
+    texts = [text for text, _ in lines]
+    assert any("150%!" in text.split() for text in texts)
+    (warning,) = [(text, markup) for text, markup in lines if "efficiency above 100% on 1 row(s)" in text]
+    assert warning[1] == {"yellow": True}
