@@ -160,6 +160,13 @@ def _untrack_and_delete(path: str) -> None:
     unregister_file(path)
 
 
+def _delete_if_ours(path: str, owner: int) -> None:
+    # A child forked from the caller (multiprocessing's fork, say) inherits its arrays and
+    # their finalizers; the segments stay the caller's.
+    if os.getpid() == owner:
+        _untrack_and_delete(path)
+
+
 def _reserve(fd: int, nbytes: int) -> None:
     """Give the file ``nbytes`` bytes of real storage now, so that writing through a mapping cannot fail.
 
@@ -488,7 +495,7 @@ def shared_array(
     segment.path = path
     array: np.ndarray[Any, Any] = np.ndarray(dims, dtype=kind, buffer=segment)
     segment.address = array.ctypes.data
-    weakref.finalize(segment, _untrack_and_delete, path)
+    weakref.finalize(segment, _delete_if_ours, path, os.getpid())
     if source is not None:
         np.copyto(array, source, casting="unsafe" if dtype is not None else "no")
     return array
@@ -527,6 +534,8 @@ class _Segment:
     cached: bool = False
     #: ``id`` of the root, the cache's key
     key: int = 0
+    #: the process that made it (a forked child inherits the cache, not the segments)
+    owner: int = dataclasses.field(default_factory=os.getpid)
 
     @property
     def nbytes(self) -> int:
@@ -537,7 +546,7 @@ class _Segment:
             with contextlib.suppress(BufferError):
                 self.view.close()
             self.view = None
-        _untrack_and_delete(self.path)
+        _delete_if_ours(self.path, self.owner)
 
 
 def _default_cache_bytes() -> int:

@@ -10,6 +10,7 @@ import mmap
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -375,3 +376,27 @@ def test_mappings_a_worker_keeps_are_not_taken_for_a_memory_leak_by_loky() -> No
         assert (raised, restored) == (before + (400 << 20), before)
     finally:
         process_executor._MAX_MEMORY_LEAK_SIZE = before
+
+
+def test_a_forked_child_that_drops_the_arrays_leaves_the_callers_segments_alone() -> None:
+    table = np.ones(BIG // 8)
+    own = shared_array(BIG // 8)
+    _read([0, 1], table)
+    before = _segments()
+    assert len(before) == 2
+    with warnings.catch_warnings():
+        # Python 3.12 warns about forking a process with threads; the child runs no thread.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: drop everything, run finalizers, leave
+        try:
+            del table, own
+            gc.collect()
+            _shared_memory._cache.clear()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    assert _segments() == before
+    assert _read([0, 1], table) == [[1.0], [1.0]]
+    del own
