@@ -29,6 +29,21 @@ def test_bad_options_are_refused_with_what_is_allowed(
     assert message in capsys.readouterr().err
 
 
+def test_the_large_array_workloads_give_the_loops_result_through_conc_ml() -> None:
+    settings = Settings(workers=2, medians_mb=2, medians_tasks=8, medians_chunks=2, results_count=2, results_mb=2)
+    for workload in ("medians", "results"):
+        data = make_data(workload, settings)
+        expected = checksum(workload, RUNNERS["sequential"](workload, settings).run(data), data)
+        runner = RUNNERS["conc-ml"](workload, settings)
+        runner.warm = False
+        runner.prepare()
+        runner.start(data)
+        try:
+            assert checksum(workload, runner.run(data), data) == expected, workload
+        finally:
+            runner.close()
+
+
 def test_every_workload_names_known_runners_and_starts_with_the_loop() -> None:
     for runners in WORKLOADS.values():
         assert runners[0] == "sequential"
