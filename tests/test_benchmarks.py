@@ -84,3 +84,22 @@ def test_the_small_workloads_give_the_loops_result_and_the_table_shows_parity() 
     table = markdown_table(rows, settings)
     assert "**50 tiny items (x*x)** (1 workers)" in table
     assert "| sequential | 500 ms | 1.00x | 1.50 s | 0.33x | 100 MiB | 1.00x | yes |" in table
+
+
+def test_the_checkpoint_benchmark_runs_small_and_reports_the_same_result(tmp_path: Path) -> None:
+    from benchmarks import checkpoint
+
+    text = checkpoint.main(
+        ["--chunks", "4", "--result-mb", "0.01", "--repeats", "1", "--rounds", "1", "--folder", str(tmp_path)]
+    )
+    assert "| 4 chunks x 0.01 MB results, process, 2 workers |" in text
+    assert text.splitlines()[2].endswith("| yes |")
+    assert list(tmp_path.iterdir()) == [], "the benchmark removes its checkpoints"
+
+
+def test_the_checkpoint_benchmark_refuses_bad_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import checkpoint
+
+    with pytest.raises(SystemExit):
+        checkpoint.main(["--chunks", "0"])
+    assert "--chunks must be >= 1" in capsys.readouterr().err
