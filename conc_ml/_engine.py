@@ -8,6 +8,7 @@ what went wrong. Every backend goes through it, so they all behave alike.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -21,6 +22,7 @@ import anyio
 
 from ._checkpoint import RESUMED_FROM_CHECKPOINT, CallLedger, progress_note
 from ._interrupts import InterruptWatch
+from ._left_calls import LeftCallFlag
 from ._options import ParallelOptions
 from ._runner import ChunkOutcome, ChunkTask, run_chunk, run_chunk_async
 from ._sendable import locate_unpicklable
@@ -45,8 +47,17 @@ class PreparedCall:
     make_task: Callable[[Chunk], ChunkTask]
     #: retries and checkpoint of the call
     ledger: CallLedger = dataclasses.field(default_factory=CallLedger)
-    #: set from another thread to stop the call (an async caller was cancelled)
+    #: set from another thread to stop the call (an async caller was cancelled): see :meth:`cancel`
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+    #: done when the call is cancelled: the engine waits on it beside the chunks, to stop at once
+    wake: concurrent.futures.Future[None] = dataclasses.field(default_factory=concurrent.futures.Future)
+
+    def cancel(self) -> None:
+        """Stop the call from any thread: queued chunks are dropped, running ones stopped where the backend can."""
+        self.cancelled.set()
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            self.wake.set_result(None)
+
     #: the user's function, whose code gives remote tracebacks their source lines
     function: Callable[..., Any] | None = None
 
@@ -139,13 +150,14 @@ def _serialization_error(error: BaseException, chunk: Chunk, task: ChunkTask, ca
     return SerializationError(f"{what} ({type(error).__name__}: {error}); {fix}")
 
 
-def _timeout_error(call: PreparedCall, done: int) -> ChunkTimeoutError:
+def _timeout_error(call: PreparedCall, done: int, stopped: str | None = None) -> ChunkTimeoutError:
     total = call.plan.n_chunks if call.plan.n_chunks is not None else "?"
-    stopped = (
-        "running chunks were stopped"
-        if call.backend.can_stop_running
-        else f"running chunks cannot be stopped on backend {call.backend_name!r} and finish in the background"
-    )
+    if stopped is None:
+        stopped = (
+            "running chunks were stopped"
+            if call.backend.can_stop_running
+            else f"running chunks cannot be stopped on backend {call.backend_name!r} and finish in the background"
+        )
     return ChunkTimeoutError(
         f"{call.function_name}() timed out after {call.options.timeout:g} s "
         f"with {done} of {total} chunks done; {stopped}"
@@ -224,6 +236,9 @@ def iter_outcomes(call: PreparedCall) -> Generator[tuple[Chunk, ChunkOutcome], N
     # Ctrl-C in the body of the caller's loop over ``.stream()`` reaches this generator as
     # GeneratorExit, as a ``break`` does: the watch tells the two apart.
     interrupts = InterruptWatch()
+    # Chunks in another process check this flag before they start (see _left_calls).
+    left_flag = LeftCallFlag() if backend.crosses_processes else None
+    run = run_chunk if left_flag is None else left_flag.wrap(run_chunk)
     try:
         exhausted = False
         while True:
@@ -245,7 +260,7 @@ def iter_outcomes(call: PreparedCall) -> Generator[tuple[Chunk, ChunkOutcome], N
                     continue
                 task = call.make_task(chunk)
                 try:
-                    future = executor.submit(run_chunk, task)
+                    future = executor.submit(run, task)
                 except Exception as error:
                     if ledger.retries and isinstance(backend.translate_error(error, chunk.index), WorkerCrashedError):
                         # The pool broke under earlier chunks (retried as their futures fail):
@@ -263,9 +278,11 @@ def iter_outcomes(call: PreparedCall) -> Generator[tuple[Chunk, ChunkOutcome], N
             if not pending or call.cancelled.is_set():
                 break
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, _ = concurrent.futures.wait(
-                pending, timeout=remaining, return_when=concurrent.futures.FIRST_COMPLETED
-            )
+            waited: list[concurrent.futures.Future[Any]] = [*pending, call.wake]
+            done, _ = concurrent.futures.wait(waited, timeout=remaining, return_when=concurrent.futures.FIRST_COMPLETED)
+            done.discard(call.wake)
+            if call.cancelled.is_set():
+                break
             if not done:
                 stop_running = backend.can_stop_running
                 raise _timeout_error(call, completed)
@@ -296,6 +313,8 @@ def iter_outcomes(call: PreparedCall) -> Generator[tuple[Chunk, ChunkOutcome], N
                     progress.update(chunk.n_items)
                 yield chunk, outcome
         abort = call.cancelled.is_set()
+        # A cancelled caller stops its running chunks too, so that none outlives the call.
+        stop_running = abort and backend.can_stop_running
     except BaseException as error:
         # Ctrl-C (and a timeout, above) stops running chunks where the backend can. A
         # user's error, a crash, or a ``break`` out of ``.stream`` only drops what is queued.
@@ -307,11 +326,22 @@ def iter_outcomes(call: PreparedCall) -> Generator[tuple[Chunk, ChunkOutcome], N
         raise
     finally:
         interrupts.close()
-        for future in pending:
-            future.cancel()
+        # Stopping running chunks cancels the queued ones with them: cancelling them here
+        # first would make loky's manager thread fail (and print a traceback) as it fails
+        # every pending future of the pool it shuts down.
+        if not stop_running:
+            for future in pending:
+                future.cancel()
+            if left_flag is not None:
+                # Left by ``break`` or a failure: what the pool could not cancel is skipped.
+                left_flag.raise_for(pending)
         if progress is not None:
             progress.close()
-        backend.release(executor, abort=abort, stop_running=stop_running)
+        try:
+            backend.release(executor, abort=abort, stop_running=stop_running)
+        finally:
+            for future in pending:
+                future.cancel()  # what a backend that cannot stop chunks left queued
         ledger.report(call.function_name, call.plan.n_chunks)
 
 
@@ -369,7 +399,7 @@ async def iter_outcomes_async(call: PreparedCall) -> AsyncGenerator[tuple[Chunk,
                                     break
                             if waiting.cancelled_caught:
                                 outer.cancel_scope.cancel()
-                                raise _timeout_error(call, completed) from None
+                                raise _timeout_error(call, completed, "the running chunks were cancelled") from None
                         if outcome.failure is not None:
                             outer.cancel_scope.cancel()
                             raise_failure(outcome, chunk, call)

@@ -14,6 +14,7 @@ module is the one to fix.
 from __future__ import annotations
 
 import contextlib
+import queue
 from concurrent.futures import Executor
 from typing import Any
 
@@ -84,6 +85,14 @@ def is_shut_down(pool: Executor) -> bool:
 def kill_workers(pool: Executor) -> None:
     """Shut ``pool`` down now, killing its workers, and free its call queue (see :func:`unblock_call_queue`)."""
     call_queue = getattr(pool, "_call_queue", None)  # private; shutdown() drops it
+    # Chunks not yet handed to the workers: loky's manager thread fails every pending
+    # future as it shuts down, then still looks their ids up and dies with a KeyError
+    # traceback on stderr. Taking the ids out first leaves it nothing to look up.
+    work_ids = getattr(pool, "_work_ids", None)  # private: a queue.Queue of pending ids
+    if work_ids is not None:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                work_ids.get_nowait()
     pool.shutdown(wait=True, kill_workers=True)  # type: ignore[call-arg]
     _unblock(call_queue)
 

@@ -480,9 +480,9 @@ async def _stream_from_worker_thread(call: PreparedCall) -> AsyncGenerator[tuple
             yield chunk.index, outcome.value
     finally:
         if fetching:
-            # Cancelled while a thread is inside next(): it ends at the chunk it waits for,
-            # then sees the flag, stops submitting and releases the executor.
-            call.cancelled.set()
+            # Cancelled while a thread is inside next(): the engine wakes up, stops the
+            # running chunks where the backend can, and releases the executor.
+            call.cancel()
         else:
             # Finished, failed or left early between chunks: drop the queued chunks now.
             await anyio.to_thread.run_sync(outcomes.close)
@@ -493,7 +493,7 @@ async def _in_worker_thread(call: PreparedCall, work: Callable[[], R]) -> R:
     try:
         return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
     except anyio.get_cancelled_exc_class():
-        call.cancelled.set()
+        call.cancel()
         raise
 
 

@@ -8,6 +8,7 @@ the promise is hardest to keep: ``socket.recv`` on a socket whose peer never wri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -29,6 +30,13 @@ def report(**fields: Any) -> None:
 def mark(marker: str, text: str = "") -> None:
     with open(marker, "a") as file:
         file.write(f"{os.getpid()} {text}\n")
+
+
+def _marked_lines(marker: str) -> int:
+    if not os.path.exists(marker):
+        return 0
+    with open(marker) as file:
+        return len(file.read().splitlines())
 
 
 def receive_forever(marker: str) -> bytes:
@@ -132,12 +140,88 @@ def scenario_break_from_stream(marker: str, backend: str) -> None:
     report(started=started, next_call=next_call)
 
 
+async def achunk_sleeping(items: list[int], marker: str, seconds: float) -> list[int]:
+    import anyio
+
+    mark(marker, f"chunk {items[0]}")
+    await anyio.sleep(seconds)
+    return items
+
+
+def scenario_cancel_await(marker: str) -> None:
+    """``await f()`` of an ``async def`` on the process backend, cancelled after its chunks started."""
+    import anyio
+    import psutil
+
+    func = parallel(backend="process", workers=2, chunks=2)(achunk_sleeping)
+
+    async def main() -> dict[str, Any]:
+        with anyio.move_on_after(60) as never:
+            await func([10, 11], marker, 0.0)  # warm pool
+        os.remove(marker)
+        with anyio.move_on_after(60) as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(func, [0, 1], marker, 60.0)
+                while _marked_lines(marker) < 2:
+                    await anyio.sleep(0.02)
+                scope.cancel()
+        with open(marker) as file:
+            started = [int(line.split()[0]) for line in file]
+        _, alive = psutil.wait_procs([psutil.Process(pid) for pid in started if psutil.pid_exists(pid)], timeout=5)
+        next_call = await func([2, 3], marker, 0.0)
+        return {
+            "warm_up_timed_out": never.cancelled_caught,
+            "still_running": [p.pid for p in alive],
+            "next_call": next_call,
+        }
+
+    report(**anyio.run(main))
+
+
+def chunk_failing_first(items: list[int], marker: str) -> list[int]:
+    mark(marker, f"chunk {items[0]}")
+    if items[0] == 0:
+        raise ValueError("chunk 0 fails at once")
+    time.sleep(1.0)
+    return items
+
+
+def scenario_failure_cancels_the_others(marker: str) -> None:
+    """Chunk 0 fails at once: report which chunks ever started, a moment later."""
+    func = parallel(backend="process", workers=2, chunks=8)(chunk_failing_first)
+    func([100, 101], marker)  # warm up the pool, so that every chunk is queued at once
+    os.remove(marker)
+    with contextlib.suppress(ValueError):
+        func(list(range(8)), marker)
+    time.sleep(2.5)  # longer than any queued chunk would take to start and run
+    with open(marker) as file:
+        started = sorted(int(line.split()[2]) for line in file if "chunk" in line)
+    report(started=started)
+
+
+def scenario_timeout_more_chunks_than_workers(marker: str) -> None:
+    """Timeouts with chunks still queued behind the running ones, then a call that works."""
+    from conc_ml import ChunkTimeoutError
+
+    func = parallel(backend="process", workers=2, chunks=8, timeout=0.5)(chunk_sleeping)
+    errors = []
+    for _ in range(3):
+        try:
+            func(list(range(8)), marker, 5.0)
+        except ChunkTimeoutError as error:
+            errors.append(type(error).__name__)
+    report(errors=errors, next_call=func.options(timeout=None, chunks=2)([1, 2], marker, 0.0))
+
+
 SCENARIOS: dict[str, Callable[..., None]] = {
     "io-bound-recv": scenario_io_bound_recv,
     "io-bound-map-timeout": scenario_io_bound_map_timeout,
     "thread-backend-recv": scenario_thread_backend_recv,
     "stream-body": scenario_stream_body,
     "break-from-stream": scenario_break_from_stream,
+    "cancel-await": scenario_cancel_await,
+    "failure-cancels-the-others": scenario_failure_cancels_the_others,
+    "timeout-more-chunks-than-workers": scenario_timeout_more_chunks_than_workers,
 }
 
 if __name__ == "__main__":

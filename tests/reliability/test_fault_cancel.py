@@ -132,3 +132,68 @@ def test_a_call_stuck_in_recv_never_holds_map_past_its_timeout(tmp_path: Path) -
     result = parse_result(completed.stdout)
     assert result["results"] == ["TimeoutError"] * 5
     assert all("abandoned on its daemon thread" in message for message in result["messages"])
+
+
+def _run(tmp_path: Path, name: str, *args: str) -> tuple[dict[str, Any], str]:
+    completed = subprocess.run(
+        _command(name, str(tmp_path / "marker"), *args),
+        env=scenario_environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=RUN_WITHIN,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return parse_result(completed.stdout), completed.stderr
+
+
+def test_chunks_queued_ahead_do_not_run_after_break_from_a_stream(tmp_path: Path) -> None:
+    result, _ = _run(tmp_path, "break-from-stream", "process")
+    # Chunks 0 and 1 ran, and 2 and 3 may have started as they ended, before the consumer
+    # got to its break; none after them may start once it has left.
+    assert {0, 1} <= set(result["started"]) - {100, 101, 200, 201} <= {0, 1, 2, 3}
+    assert {200, 201} <= set(result["started"])  # the next call ran
+
+
+def test_chunks_queued_ahead_do_not_run_after_another_chunk_failed(tmp_path: Path) -> None:
+    result, _ = _run(tmp_path, "failure-cancels-the-others")
+    # Chunk 0 failed; 1 to 3 may have started before the caller saw it (or been skipped).
+    assert 0 in result["started"]
+    assert set(result["started"]) <= {0, 1, 2, 3}
+
+
+def test_cancelling_await_on_the_process_backend_stops_its_chunks(tmp_path: Path) -> None:
+    result, _ = _run(tmp_path, "cancel-await")
+    assert result["still_running"] == []
+    assert result["next_call"] == [[2], [3]]
+
+
+def test_a_timeout_with_chunks_queued_behind_the_running_ones_prints_nothing(tmp_path: Path) -> None:
+    result, stderr = _run(tmp_path, "timeout-more-chunks-than-workers")
+    assert result["errors"] == ["ChunkTimeoutError"] * 3
+    assert result["next_call"] == [[1], [2]]
+    assert "Traceback" not in stderr, stderr
+    assert "Exception in thread" not in stderr, stderr
+
+
+@pytest.mark.parametrize("library", ["asyncio", "trio"])
+def test_an_async_backend_timeout_says_its_coroutines_were_cancelled(library: str) -> None:
+    import anyio
+
+    from conc_ml import ChunkTimeoutError, parallel
+
+    cancelled: list[int] = []
+
+    async def forever(items: list[int]) -> list[int]:
+        try:
+            await anyio.sleep(60)
+        finally:
+            cancelled.extend(items)
+        return items
+
+    func = parallel(backend="async", workers=2, chunks=2, timeout=0.05)(forever)
+    with pytest.raises(ChunkTimeoutError) as caught:
+        anyio.run(func, [1, 2], backend=library)
+    assert "the running chunks were cancelled" in str(caught.value)
+    assert "cannot be stopped" not in str(caught.value)
+    assert sorted(cancelled) == [1, 2]
