@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import threading
@@ -305,3 +306,25 @@ def test_dask_without_a_main_guard_says_what_to_add(tmp_path: Any) -> None:
     assert "BackendUnavailableError" in done.stderr
     assert 'if __name__ == "__main__":' in done.stderr
     assert "line 10 of" in done.stderr
+
+
+GUARDED = """
+import sys
+from conc_ml import parallel
+
+
+@parallel(backend="dask", chunks=2)
+def count(items):
+    return len(items)
+
+
+if "__main__" == __name__ and len(sys.argv) > 0:
+    print("guarded")
+"""
+
+
+def test_a_guard_in_another_form_is_recognised() -> None:
+    from conc_ml.backends import _dask
+
+    statements = ast.parse(GUARDED).body
+    assert [_dask._is_main_guard(statement) for statement in statements] == [False, False, False, True]

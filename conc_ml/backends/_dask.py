@@ -211,15 +211,13 @@ def _unguarded_main_line() -> int | None:
 
 
 def _is_main_guard(statement: ast.stmt) -> bool:
-    if not isinstance(statement, ast.If) or not isinstance(statement.test, ast.Compare):
+    """Whether ``statement`` is an ``if`` testing ``__name__`` against ``"__main__"`` (in any form)."""
+    if not isinstance(statement, ast.If):
         return False
-    test = statement.test
-    if len(test.ops) != 1 or not isinstance(test.ops[0], ast.Eq):
-        return False
-    sides = [test.left, test.comparators[0]]
-    names = [s.id for s in sides if isinstance(s, ast.Name)]
-    constants = [s.value for s in sides if isinstance(s, ast.Constant)]
-    return names == ["__name__"] and constants == ["__main__"]
+    nodes = list(ast.walk(statement.test))
+    return any(isinstance(n, ast.Name) and n.id == "__name__" for n in nodes) and any(
+        isinstance(n, ast.Constant) and n.value == "__main__" for n in nodes
+    )
 
 
 def _require_main_guard() -> None:
