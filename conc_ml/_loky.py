@@ -19,11 +19,13 @@ from concurrent.futures import Executor
 from typing import Any
 
 from joblib.externals import loky
+from joblib.externals.loky import process_executor as _process_executor
 from joblib.externals.loky.backend import resource_tracker
 
 __all__ = [
     "BrokenProcessPool",
     "ProcessPoolExecutor",
+    "ShutdownExecutorError",
     "cpu_count",
     "is_broken",
     "is_shut_down",
@@ -36,6 +38,8 @@ __all__ = [
 
 ProcessPoolExecutor = loky.ProcessPoolExecutor
 BrokenProcessPool = loky.BrokenProcessPool
+#: what a pending future of a pool shut down with ``kill_workers=True`` raises
+ShutdownExecutorError = _process_executor.ShutdownExecutorError
 cpu_count = loky.cpu_count
 
 #: what a worker imports to run loky's worker loop (the fork server preloads it)

@@ -260,6 +260,17 @@ class ProcessBackend:
     def translate_error(self, error: BaseException, chunk: int) -> BaseException | None:
         from concurrent.futures.process import BrokenProcessPool
 
+        from .. import _loky
+
+        if isinstance(error, _loky.ShutdownExecutorError):
+            # Only a call that timed out or was interrupted kills the pool's workers: this
+            # chunk belonged to another call sharing the pool at that moment.
+            return WorkerCrashedError(
+                f"chunk {chunk} was lost: another call sharing the process pool timed out or was interrupted "
+                "while it ran, and its running chunks can only be stopped by stopping the pool's workers. "
+                "The pool is rebuilt for the next call (retries= runs such a chunk again)",
+                chunk=chunk,
+            )
         # loky's BrokenProcessPool derives from the standard library's.
         if not isinstance(error, BrokenProcessPool):
             return None

@@ -6,9 +6,11 @@ loky keeps its reusable executor per thread: each calling thread (and each concu
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
-from .programs import result_of, run_program, write_program
+from .programs import program_environment, result_of, run_program, write_program
 
 _PROGRAM = """
     import json, os, threading
@@ -61,3 +63,60 @@ def test_threads_and_concurrent_awaits_share_one_pool_of_workers(tmp_path: Path)
     result = result_of(run_program(program, cwd=tmp_path))
     # Four threads and five awaits, each asking for two workers: two processes in all.
     assert result == {"from_threads": 2, "in_all": 2}
+
+
+_BESIDE_A_TIMEOUT = """
+    import json, os, sys, threading, time
+    import conc_ml
+
+    marker = sys.argv[1]
+
+    def waits_until_stopped(items):
+        with open(marker, "w") as file:
+            file.write(str(os.getpid()))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        return items
+
+    outcome = {}
+
+    def beside():
+        try:
+            conc_ml.parallel(backend="process", workers=2, chunks=1)(waits_until_stopped)([1])
+            outcome["beside"] = "finished"
+        except conc_ml.WorkerCrashedError as error:
+            outcome["beside"] = str(error)
+
+    thread = threading.Thread(target=beside)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        conc_ml.parallel(backend="process", workers=2, chunks=1, timeout=0.5)(waits_until_stopped)([2])
+    except conc_ml.ChunkTimeoutError:
+        outcome["timed_out"] = True
+    thread.join(timeout=60)
+    outcome["next"] = conc_ml.parallel(backend="process", workers=2, chunks=2)(len)([1, 2])
+    print("RESULT " + json.dumps(outcome), flush=True)
+"""
+
+
+def test_a_call_whose_workers_another_call_stopped_gets_a_worker_crashed_error(tmp_path: Path) -> None:
+    # Stopping a running chunk means stopping the pool's workers, with the chunks of any
+    # other call sharing the pool: that call must get a conc-ml error saying so.
+    program = write_program(tmp_path, _BESIDE_A_TIMEOUT)
+    run = subprocess.run(
+        [sys.executable, str(program), str(tmp_path / "started")],
+        cwd=tmp_path,
+        env=program_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    outcome = result_of(run)
+    assert outcome["timed_out"] is True
+    assert "another call sharing the process pool timed out or was interrupted" in outcome["beside"]
+    assert outcome["next"] == [1, 1]
