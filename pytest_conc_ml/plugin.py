@@ -115,6 +115,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.enabled and settings.compare is not None and not session.xdist_worker:
         session.baseline = _load_baseline(config, settings.compare)
     config.stash[SESSION] = session
+    # before hypothesis' own pytest_configure, which loads --hypothesis-profile
+    _register_hypothesis_profile(config, load=False)
 
 
 def _refuse_untimed_gates(settings: Settings) -> None:
@@ -152,16 +154,14 @@ def _load_baseline(config: pytest.Config, name: str) -> list[Measurement]:
         raise pytest.UsageError(f"--conc-bench-compare: {error}") from None
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Register the ``conc-bench`` hypothesis profile, and load it under ``--conc-bench``.
+def _register_hypothesis_profile(config: pytest.Config, *, load: bool) -> None:
+    """Register the ``conc-bench`` hypothesis profile, the loaded one without a deadline; maybe load it.
 
-    It runs after hypothesis' own plugin and the conftests have loaded their profile, and
-    is that profile without a deadline: a call that now runs a dozen times in one example
-    would otherwise fail with ``DeadlineExceeded``. Importing hypothesis costs a quarter of
-    a second, so it happens only where the profile can matter.
+    A call that runs a dozen times in one example would otherwise fail with
+    ``DeadlineExceeded``. Importing hypothesis costs a quarter of a second, so it happens
+    only where the profile can matter: hypothesis already imported, ``--conc-bench`` on,
+    or the profile asked for with ``--hypothesis-profile``.
     """
-    config = session.config
     enabled = config.stash[SESSION].settings.enabled
     wanted = getattr(config.option, "hypothesis_profile", None) == HYPOTHESIS_PROFILE
     if "hypothesis" not in sys.modules and not wanted and not enabled:
@@ -175,9 +175,23 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     settings.register_profile(
         HYPOTHESIS_PROFILE, parent=current, deadline=None, suppress_health_check=list(dict.fromkeys(checks))
     )
-    if enabled and not wanted:
+    if load:
         settings.register_profile(_RESTORE_PROFILE, parent=current)
         settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under ``--conc-bench``, load the ``conc-bench`` hypothesis profile.
+
+    Here, after hypothesis' own plugin and the conftests have loaded theirs, so that it is
+    their profile without a deadline; ``--hypothesis-profile=conc-bench`` was loaded by
+    hypothesis itself, from the registration in :func:`pytest_configure`.
+    """
+    config = session.config
+    wanted = getattr(config.option, "hypothesis_profile", None) == HYPOTHESIS_PROFILE
+    if config.stash[SESSION].settings.enabled and not wanted:
+        _register_hypothesis_profile(config, load=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

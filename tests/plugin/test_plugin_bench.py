@@ -455,4 +455,5 @@ def test_hypothesis_profile_is_registered(pytester: pytest.Pytester) -> None:
         """
     )
     pytester.runpytest("--conc-bench").assert_outcomes(passed=1)
-    pytester.runpytest("--hypothesis-profile=conc-bench").assert_outcomes(passed=1)
+    # a fresh process: hypothesis loads the profile in its pytest_configure
+    pytester.runpytest_subprocess("--hypothesis-profile=conc-bench", "-p", "no:cacheprovider").assert_outcomes(passed=1)
