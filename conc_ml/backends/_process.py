@@ -271,6 +271,10 @@ class ProcessBackend:
                 "The pool is rebuilt for the next call (retries= runs such a chunk again)",
                 chunk=chunk,
             )
+        if isinstance(error, SerializationError):
+            # A task the worker could not unpickle (conc_ml._shared_memory.run_shared_chunk):
+            # its message already says which chunk and how to fix it.
+            return SerializationError(str(error))
         # loky's BrokenProcessPool derives from the standard library's.
         if not isinstance(error, BrokenProcessPool):
             return None

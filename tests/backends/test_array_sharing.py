@@ -400,3 +400,16 @@ def test_a_forked_child_that_drops_the_arrays_leaves_the_callers_segments_alone(
     assert _segments() == before
     assert _read([0, 1], table) == [[1.0], [1.0]]
     del own
+
+
+@parallel(backend="process", workers=2, chunks=2)
+def _frame_column(items: list[int], frame: Any) -> list[tuple[str, float]]:
+    column = frame["a"].to_numpy()
+    return [(_where(column), float(column[i])) for i in items]
+
+
+def test_a_pandas_frames_numeric_block_is_mapped(copies: list[int]) -> None:
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame({"a": np.arange(BIG // 8, dtype=np.float64), "b": np.ones(BIG // 8)})
+    assert _frame_column([0, 5], frame) == [[("mapped", 0.0)], [("mapped", 5.0)]]
+    assert copies == [2 * BIG], "one block of two float columns, written once"
