@@ -14,12 +14,12 @@ from ._parallel import AsyncParallelFunction as AsyncParallelFunction
 from ._parallel import BoundParallelFunction as BoundParallelFunction
 from ._parallel import ParallelFunction as ParallelFunction
 from ._parallel import parallel as parallel
-from ._shared_memory import SharedMemoryFallbackWarning as SharedMemoryFallbackWarning
-from ._shared_memory import shared_array as shared_array
 from ._split import register_splitter as register_splitter
 from ._warm_up import warm_up as warm_up
 from .backends import available_backends as available_backends
 from .backends import register_backend as register_backend
+from .backends._process._shared_memory import SharedMemoryFallbackWarning as SharedMemoryFallbackWarning
+from .backends._process._shared_memory import shared_array as shared_array
 from .errors import BackendUnavailableError as BackendUnavailableError
 from .errors import ChunkExitError as ChunkExitError
 from .errors import ChunkTimeoutError as ChunkTimeoutError

@@ -71,7 +71,7 @@ OPTION_NAMES = tuple(f.name for f in dataclasses.fields(ParallelOptions) if f.na
 
 def usable_cpus() -> int:
     """CPUs this process may use: affinity- and cgroup-quota-aware (via loky)."""
-    from ._loky import cpu_count
+    from .backends._process._loky import cpu_count
 
     return max(1, int(cpu_count()))
 

@@ -391,7 +391,7 @@ def _completion_ordered_code() -> frozenset[types.CodeType]:
 def _preload_in_process_workers(func: Callable[..., Any]) -> None:
     """Before the first process call starts the fork server: have it import what ``func`` uses."""
     from ._warm_up import modules_used_by
-    from .backends import _forkserver
+    from .backends._process import _forkserver
 
     if _forkserver.started():
         return

@@ -3,7 +3,7 @@
 A process pool's first call pays for starting the workers and for the imports that
 unpickling the user's function triggers in them (scikit-learn alone takes about a
 second). :func:`warm_up` has those modules imported ahead of time: in the fork server the
-workers are forked from (see :mod:`conc_ml.backends._forkserver`), so that they are
+workers are forked from (see :mod:`conc_ml.backends._process._forkserver`), so that they are
 imported once and every worker starts with them, or, when the server already runs or
 ``CONC_ML_START_METHOD=loky``, in every worker of the pool the call will use. With
 ``wait=False`` it returns at once, so the work overlaps with whatever the program does
@@ -71,7 +71,7 @@ def modules_used_by(func: Callable[..., Any]) -> list[str]:
 
 
 def _import_in_worker(modules: tuple[str, ...]) -> int:
-    from .backends._forkserver import ALWAYS  # what running any chunk needs, whatever the functions
+    from .backends._process._forkserver import ALWAYS  # what running any chunk needs, whatever the functions
 
     for name in (*ALWAYS, *modules):
         # A module that cannot be imported here fails the real call with a clear error; warming up must not.
@@ -109,7 +109,8 @@ def warm_up(
     """
     from ._options import usable_cpus
     from ._parallel import ParallelFunction
-    from .backends import _forkserver, get_backend
+    from .backends import get_backend
+    from .backends._process import _forkserver
 
     if workers is None:
         first = functions[0] if functions else None

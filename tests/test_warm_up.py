@@ -46,7 +46,7 @@ def test_modules_used_by_leaves_out_main_and_builtins() -> None:
 def _loaded_modules(_: Any) -> tuple[int, bool]:
     import sys
 
-    return os.getpid(), "conc_ml._shared_memory" in sys.modules and "email.message" in sys.modules
+    return os.getpid(), "conc_ml.backends._process._shared_memory" in sys.modules and "email.message" in sys.modules
 
 
 def test_warm_up_imports_the_modules_in_the_workers_the_calls_then_use() -> None:

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import conc_ml
-from conc_ml import _shared_memory, parallel, shared_array
+from conc_ml import parallel, shared_array
+from conc_ml.backends._process import _shared_memory
 
 BIG = 2 * _shared_memory.MIN_SHARED_BYTES
 
@@ -347,7 +348,7 @@ def test_an_interrupt_while_a_segment_is_created_leaves_no_file(monkeypatch: pyt
 
 @parallel(backend="process", workers=1, chunks=3)
 def _mappings_seen(items: list[int], table: np.ndarray[Any, Any]) -> tuple[int, list[int], int]:
-    from conc_ml._shared_memory import _worker_maps
+    from conc_ml.backends._process._shared_memory import _worker_maps
 
     return os.getpid(), [id(entry.mapping) for entry in _worker_maps.values()], int(table[items[0]])
 
@@ -365,7 +366,7 @@ def test_a_worker_maps_a_segment_once_and_keeps_it_across_chunks_and_calls() -> 
 def test_mappings_a_worker_keeps_are_not_taken_for_a_memory_leak_by_loky() -> None:
     from joblib.externals.loky import process_executor
 
-    from conc_ml import _loky
+    from conc_ml.backends._process import _loky
 
     before = process_executor._MAX_MEMORY_LEAK_SIZE
     try:

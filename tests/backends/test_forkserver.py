@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conc_ml.backends import _forkserver
+from conc_ml.backends._process import _forkserver
 
 pytestmark = pytest.mark.skipif(not _forkserver._fork_server_available(), reason="no fork server on this platform")
 

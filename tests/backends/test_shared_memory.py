@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 
 import conc_ml
-from conc_ml import _shared_memory, parallel
+from conc_ml import parallel
 from conc_ml._runner import ChunkTask
-from conc_ml._shared_memory import SharedArrayRef, SharedArrays, SharingExecutor, shared_array
+from conc_ml.backends._process import _shared_memory
+from conc_ml.backends._process._shared_memory import SharedArrayRef, SharedArrays, SharingExecutor, shared_array
 
 #: comfortably above the threshold, small enough for a 2-core machine shared with others
 BIG = 2 * _shared_memory.MIN_SHARED_BYTES

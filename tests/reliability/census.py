@@ -49,7 +49,10 @@ def is_fork_server(process: psutil.Process) -> bool:
     """Whether ``process`` is conc-ml's fork server (the parent of the process workers)."""
     # Like the resource tracker, it lives as long as the caller; workers are forked from it.
     try:
-        return any("conc_ml._preload" in part or "multiprocessing.forkserver" in part for part in process.cmdline())
+        return any(
+            "conc_ml.backends._process._preload" in part or "multiprocessing.forkserver" in part
+            for part in process.cmdline()
+        )
     except psutil.Error:
         return False
 

@@ -230,7 +230,7 @@ def scenario_small_dev_shm() -> None:
     """/dev/shm too small: calls, a crash and a timeout go through the temporary folder."""
     import warnings
 
-    from conc_ml import _shared_memory
+    from conc_ml.backends._process import _shared_memory
 
     # As if /dev/shm held 64 MiB and all of it were needed: every segment falls back.
     _shared_memory.SHM_HEADROOM = 1 << 62

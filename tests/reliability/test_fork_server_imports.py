@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conc_ml.backends import _forkserver
+from conc_ml.backends._process import _forkserver
 
 from .programs import result_of, run_program, write_program
 

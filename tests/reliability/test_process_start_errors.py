@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conc_ml.backends import _forkserver
+from conc_ml.backends._process import _forkserver
 
 from .programs import program_environment, result_of, run_program, write_program
 

@@ -75,7 +75,7 @@ import cloudpickle
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ._runner import ChunkOutcome, ChunkTask
+from ..._runner import ChunkOutcome, ChunkTask
 
 __all__ = [
     "CACHE_MAX_BYTES",
@@ -892,7 +892,7 @@ def run_shared_chunk(
     :param min_bytes: result arrays from this size on travel through segments.
     :raises SerializationError: if the task cannot be unpickled here.
     """
-    from .errors import SerializationError
+    from ...errors import SerializationError
 
     try:
         task = pickle.loads(payload)

@@ -1,7 +1,7 @@
 """The program of conc-ml's fork server: import the workers' modules once, then fork workers on request.
 
-It runs in its own interpreter, started by :mod:`conc_ml.backends._forkserver` as
-``python -P -c "import sys; sys.path[:] = [...]; from conc_ml._preload import main; main(...)"``:
+It runs in its own interpreter, started by :mod:`conc_ml.backends._process._forkserver` as
+``python -P -c "import sys; sys.path[:] = [...]; from conc_ml.backends._process._preload import main; main(...)"``:
 ``-P`` keeps the current directory off the path and the caller's ``sys.path`` replaces
 it before anything is imported, so that the server (and every worker forked from it)
 imports exactly the modules the caller would, never a same-named file that happens to
@@ -41,7 +41,7 @@ import sys
 import threading
 from typing import Any
 
-#: the same names as in conc_ml.backends._forkserver (not imported from it: it imports conc_ml's backends)
+#: the same names as in conc_ml.backends._process._forkserver (not imported from it: it imports conc_ml's backends)
 _VARIABLE = "CONC_ML_PRELOAD_MODULES"
 
 #: as multiprocessing.forkserver: more than this many fds in one request is refused

@@ -1,6 +1,6 @@
 """The ``process`` backend: one loky process pool for the whole program.
 
-loky (the copy joblib ships, see :mod:`conc_ml._loky`) gives what a home-made pool would
+loky (the copy joblib ships, see :mod:`conc_ml.backends._process._loky`) gives what a home-made pool would
 get wrong: cloudpickle for lambdas, closures and functions defined in ``__main__`` or
 notebooks; detection of workers that die (signal, ``os._exit``, OOM killer); and warm
 workers reused across calls, so imports and process start are paid once. BLAS/OpenMP
@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import Any, ClassVar
 
-from .._options import usable_cpus
-from ..errors import BackendUnavailableError, SerializationError, WorkerCrashedError
+from ..._options import usable_cpus
+from ...errors import BackendUnavailableError, SerializationError, WorkerCrashedError
 
 __all__ = [
     "ProcessBackend",
@@ -109,7 +109,7 @@ def watch_parent(interval: float = PARENT_POLL_INTERVAL) -> threading.Thread:
 
 def prepare_worker(env: dict[str, str]) -> None:
     """Run in each worker as it starts: cap its inner threads, and watch its parent."""
-    from .._runner import mark_worker_process
+    from ..._runner import mark_worker_process
 
     mark_worker_process()
     watch_parent()
@@ -134,7 +134,7 @@ class _SharedPool:
 
     def lend(self, workers: int) -> Executor:
         """The pool, (re)built with ``workers`` workers if it is dead or idle at another size."""
-        from .. import _loky
+        from . import _loky
         from ._forkserver import context
 
         with self._lock:
@@ -151,7 +151,7 @@ class _SharedPool:
                         max_workers=workers,
                         timeout=IDLE_TIMEOUT,
                         # Workers are forked from a server that has imported their modules (see
-                        # conc_ml.backends._forkserver), or started fresh when CONC_ML_START_METHOD=loky.
+                        # conc_ml.backends._process._forkserver), or started fresh when CONC_ML_START_METHOD=loky.
                         context=context(),
                         env=env,
                         initializer=prepare_worker,
@@ -221,20 +221,20 @@ class ProcessBackend:
     max_in_flight_per_worker: ClassVar[int] = 4
 
     def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:
-        from .._shared_memory import SharingExecutor
-        from ._sequential import InlineExecutor
+        from .._sequential import InlineExecutor
+        from ._shared_memory import SharingExecutor
 
         if in_daemonic_process():
             # As joblib does: the chunks run one after another here, like a nested call in a worker.
             return InlineExecutor()
         pool = _shared_pool.lend(workers)
-        # issue 6: large numpy arguments travel through shared memory (see conc_ml._shared_memory).
+        # issue 6: large numpy arguments travel through shared memory (see conc_ml.backends._process._shared_memory).
         return SharingExecutor(pool)
 
     def release(self, executor: Executor, *, abort: bool, stop_running: bool) -> None:
-        from .. import _loky
-        from .._shared_memory import SharingExecutor
-        from ._sequential import InlineExecutor
+        from .._sequential import InlineExecutor
+        from . import _loky
+        from ._shared_memory import SharingExecutor
 
         if isinstance(executor, InlineExecutor):
             return
@@ -260,7 +260,7 @@ class ProcessBackend:
     def translate_error(self, error: BaseException, chunk: int) -> BaseException | None:
         from concurrent.futures.process import BrokenProcessPool
 
-        from .. import _loky
+        from . import _loky
 
         if isinstance(error, _loky.ShutdownExecutorError):
             # Only a call that timed out or was interrupted kills the pool's workers: this
@@ -272,7 +272,7 @@ class ProcessBackend:
                 chunk=chunk,
             )
         if isinstance(error, SerializationError):
-            # A task the worker could not unpickle (conc_ml._shared_memory.run_shared_chunk):
+            # A task the worker could not unpickle (conc_ml.backends._process._shared_memory.run_shared_chunk):
             # its message already says which chunk and how to fix it.
             return SerializationError(str(error))
         # loky's BrokenProcessPool derives from the standard library's.

@@ -18,7 +18,7 @@ standard ``"forkserver"`` context as it is:
   with cloudpickle).
 - **A server of our own**, so that a program that also uses the standard fork server with
   its own preload list is not affected, and the other way round. Its program is
-  :mod:`conc_ml._preload`: it runs with the caller's ``sys.path`` (never the current
+  :mod:`conc_ml.backends._process._preload`: it runs with the caller's ``sys.path`` (never the current
   directory first, as ``python -c`` has it), skips a module that fails to import or that
   starts a thread, and ends with its caller, taking its workers with it.
 - **Preloading that cannot break the pool.** The standard server skips a preloaded module
@@ -40,7 +40,7 @@ fork: no thread holds a lock when it forks. (It may hold the idle thread pool of
 library loaded by numpy; OpenBLAS and MKL re-create theirs in the child, which is what
 lets the standard library make the fork server its default from Python 3.14.) Workers cap
 their BLAS/OpenMP threads with threadpoolctl when they start (see
-:mod:`conc_ml.backends._process`), since these libraries were loaded before the cap could
+:mod:`conc_ml.backends._process._backend`), since these libraries were loaded before the cap could
 be put in their environment.
 
 ``CONC_ML_START_METHOD=loky`` turns all this off and starts workers as fresh interpreters
@@ -76,11 +76,11 @@ START_METHODS = ("forkserver", "loky")
 ALWAYS = (
     "numpy",
     "cloudpickle",
-    "joblib.externals.loky.process_executor",  # conc_ml._loky.WORKER_MODULE
+    "joblib.externals.loky.process_executor",  # conc_ml.backends._process._loky.WORKER_MODULE
     "threadpoolctl",
     "conc_ml._runner",
-    "conc_ml._shared_memory",
-    "conc_ml.backends._process",
+    "conc_ml.backends._process._shared_memory",
+    "conc_ml.backends._process._backend",
 )
 
 _lock = threading.Lock()
@@ -89,12 +89,12 @@ _wanted: dict[str, None] = dict.fromkeys(ALWAYS)  # ordered set
 
 
 class _Server(multiprocessing.forkserver.ForkServer):
-    """The standard fork server's client, starting :func:`conc_ml._preload.main` as the server.
+    """The standard fork server's client, starting :func:`conc_ml.backends._process._preload.main` as the server.
 
     Two changes to how the server starts: ``-P`` and the caller's ``sys.path`` (the
     standard server runs with the current directory first on its path), and the *alive*
     pipe stays with the caller instead of being handed to every worker, so that the server
-    ends when the caller does (see :mod:`conc_ml._preload`).
+    ends when the caller does (see :mod:`conc_ml.backends._process._preload`).
     """
 
     _forkserver_address: Any
@@ -122,7 +122,8 @@ class _Server(multiprocessing.forkserver.ForkServer):
                 try:
                     program = (
                         f"import sys; sys.path[:] = {list(sys.path)!r}; "
-                        f"from conc_ml._preload import main; main({listener.fileno()}, {alive_r}, {list(_wanted)!r})"
+                        "from conc_ml.backends._process._preload import main; "
+                        f"main({listener.fileno()}, {alive_r}, {list(_wanted)!r})"
                     )
                     executable = multiprocessing.spawn.get_executable()
                     flags = multiprocessing.util._args_from_interpreter_flags()  # type: ignore[attr-defined]
@@ -265,7 +266,7 @@ class _Popen(multiprocessing.popen_forkserver.Popen):
 
 def _server_died(error: BaseException) -> BaseException:
     """The error for a worker that could not be started because the server is gone."""
-    from ..errors import WorkerCrashedError
+    from ...errors import WorkerCrashedError
 
     pid = _server.pid()
     code: int | None = None
