@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import re
 import signal
 import threading
 import time
@@ -258,8 +257,6 @@ class ProcessBackend:
                 sharing.close()
 
     def translate_error(self, error: BaseException, chunk: int) -> BaseException | None:
-        from concurrent.futures.process import BrokenProcessPool
-
         from . import _loky
 
         if isinstance(error, _loky.ShutdownExecutorError):
@@ -275,41 +272,44 @@ class ProcessBackend:
             # A task the worker could not unpickle (conc_ml.backends._process._shared_memory.run_shared_chunk):
             # its message already says which chunk and how to fix it.
             return SerializationError(str(error))
-        # loky's BrokenProcessPool derives from the standard library's.
-        if not isinstance(error, BrokenProcessPool):
-            return None
-        text = str(error)
-        # loky breaks the pool when a task or a result cannot be unpickled on the other
-        # side (it pickled fine here): that is bad input, not a crash.
-        if "task has failed to un-serialize" in text:
-            return SerializationError(
-                f"an argument of chunk {chunk} (or of a chunk sent with it) was pickled but cannot be "
-                "unpickled in the worker (see the cause below); pass objects whose class the worker can "
-                "import and rebuild, or use backend='thread'"
-            )
-        if "result has failed to un-serialize" in text:
-            return SerializationError(
-                f"the result of chunk {chunk} (or of a chunk running with it) cannot be unpickled in the "
-                "caller (see the cause below); return plain data whose class the caller can import, "
-                "or use backend='thread'"
-            )
-        codes = [int(c) for c in re.findall(r"\((-?\d+)\)", text)]
-        exitcode = codes[0] if codes else None
-        if exitcode is None:
-            how = "with an unknown exit code"
-        elif exitcode < 0:
-            how = f"killed by {_signal_name(exitcode)} (exit code {exitcode})"
-        else:
-            how = f"with exit code {exitcode}"
-        hint = ""
-        if exitcode == -signal.SIGKILL:
-            hint = (
-                "; SIGKILL is what the kernel's OOM killer sends: if memory ran out, use more chunks "
-                "(smaller pieces) or fewer workers"
-            )
-        return WorkerCrashedError(
-            f"a worker process died while chunk {chunk} was in flight, {how}{hint}. "
-            "The pool is rebuilt for the next call",
-            chunk=chunk,
-            exitcode=exitcode,
+        if isinstance(error, _loky.TerminatedWorkerError):
+            return _worker_died(chunk, _loky.first_exit_code(error))
+        if isinstance(error, _loky.BrokenProcessPool):
+            # Not a dead worker: loky breaks the pool when a task or a result that pickled
+            # fine here cannot be unpickled on the other side. That is bad input, not a crash.
+            return _not_unpicklable(chunk, in_worker=_loky.failed_in_worker(error))
+        return None
+
+
+def _not_unpicklable(chunk: int, *, in_worker: bool) -> SerializationError:
+    if in_worker:
+        return SerializationError(
+            f"an argument of chunk {chunk} (or of a chunk sent with it) was pickled but cannot be "
+            "unpickled in the worker (see the cause below); pass objects whose class the worker can "
+            "import and rebuild, or use backend='thread'"
         )
+    return SerializationError(
+        f"the result of chunk {chunk} (or of a chunk running with it) cannot be unpickled in the "
+        "caller (see the cause below); return plain data whose class the caller can import, "
+        "or use backend='thread'"
+    )
+
+
+def _worker_died(chunk: int, exitcode: int | None) -> WorkerCrashedError:
+    if exitcode is None:
+        how = "with an unknown exit code"
+    elif exitcode < 0:
+        how = f"killed by {_signal_name(exitcode)} (exit code {exitcode})"
+    else:
+        how = f"with exit code {exitcode}"
+    hint = ""
+    if exitcode == -signal.SIGKILL:
+        hint = (
+            "; SIGKILL is what the kernel's OOM killer sends: if memory ran out, use more chunks "
+            "(smaller pieces) or fewer workers"
+        )
+    return WorkerCrashedError(
+        f"a worker process died while chunk {chunk} was in flight, {how}{hint}. The pool is rebuilt for the next call",
+        chunk=chunk,
+        exitcode=exitcode,
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import re
 from concurrent.futures import Executor
 from typing import Any
 
@@ -26,7 +27,10 @@ __all__ = [
     "BrokenProcessPool",
     "ProcessPoolExecutor",
     "ShutdownExecutorError",
+    "TerminatedWorkerError",
     "cpu_count",
+    "failed_in_worker",
+    "first_exit_code",
     "is_broken",
     "is_shut_down",
     "kill_workers",
@@ -37,13 +41,37 @@ __all__ = [
 ]
 
 ProcessPoolExecutor = loky.ProcessPoolExecutor
+#: what a future of a broken pool raises: loky raises this class itself only when a task or
+#: a result could not be unpickled on the other side of the pipe (see :func:`failed_in_worker`)
 BrokenProcessPool = loky.BrokenProcessPool
+#: loky's subclass of :data:`BrokenProcessPool` for a worker that died (a signal, ``os._exit``)
+TerminatedWorkerError = _process_executor.TerminatedWorkerError
 #: what a pending future of a pool shut down with ``kill_workers=True`` raises
 ShutdownExecutorError = _process_executor.ShutdownExecutorError
 cpu_count = loky.cpu_count
 
 #: what a worker imports to run loky's worker loop (the fork server preloads it)
 WORKER_MODULE = "joblib.externals.loky.process_executor"
+
+
+def first_exit_code(error: BaseException) -> int | None:
+    """The exit code of the first dead worker that loky reports in ``error``, if any.
+
+    loky gives the codes in its message only, as ``The exit codes of the workers are
+    {SIGKILL(-9), EXIT(7)}``; there is no attribute to read them from.
+    """
+    listed = re.search(r"exit codes of the workers are \{([^}]*)\}", str(error))
+    codes = re.findall(r"\((-?\d+)\)", listed.group(1)) if listed else []
+    return int(codes[0]) if codes else None
+
+
+def failed_in_worker(error: BaseException) -> bool:
+    """For a pool that loky broke because something could not be unpickled: whether it was a task, in a worker.
+
+    ``False`` means a result, in the caller. loky raises the same class for both and tells
+    them apart in its message only ("A task has failed to un-serialize" / "A result ...").
+    """
+    return "task has failed to un-serialize" in str(error)
 
 
 def register_file(path: str) -> None:
