@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._options import ParallelOptions
-    from ._parallel import ParallelFunction
+    from ._parallel import AsyncParallelFunction, ParallelFunction
 
 __all__ = ["InterceptedCall", "current_interceptor", "intercept_calls"]
 
@@ -29,7 +29,7 @@ class InterceptedCall:
     :ivar options: the call's resolved options (after config, environment, ``.options()``).
     """
 
-    function: ParallelFunction[..., Any]
+    function: ParallelFunction[..., Any] | AsyncParallelFunction[..., Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     options: ParallelOptions

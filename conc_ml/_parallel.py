@@ -7,16 +7,26 @@ import functools
 import inspect
 import os
 import types
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Concatenate, Generic, ParamSpec, Self, TypedDict, TypeVar, Unpack, overload
-
-import anyio
-import anyio.to_thread
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from typing import (
+    Any,
+    ClassVar,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    Protocol,
+    Self,
+    TypeAlias,
+    TypedDict,
+    TypeVar,
+    Unpack,
+    cast,
+    overload,
+)
 
 from . import _intercept
 from ._checkpoint import open_ledger
-from ._combine import combine_results
-from ._engine import PreparedCall, iter_outcomes, iter_outcomes_async
+from ._engine import PreparedCall, run_call, run_call_async, stream_call, stream_call_async
 from ._methods import MethodKind, bind_target, implicit_parameter, unwrap_method
 from ._options import (
     Combine,
@@ -28,7 +38,7 @@ from ._options import (
     merge_layers,
     validate_layer,
 )
-from ._runner import ChunkOutcome, ChunkTask, inside_worker
+from ._runner import ChunkTask, inside_worker
 from ._seeding import chunk_seed, root_seed_sequence
 from ._sendable import refuse_open_files
 from ._split import Chunk, in_index_order, plan_chunks
@@ -42,6 +52,9 @@ R = TypeVar("R")
 
 #: the parameter that receives each chunk's random ``Generator``
 RNG_PARAMETER = "rng"
+
+#: a ``@parallel`` function, sync or ``async def`` (the only two kinds ever created)
+_Decorated: TypeAlias = "ParallelFunction[..., Any] | AsyncParallelFunction[..., Any]"
 
 
 class ParallelKwargs(TypedDict, total=False):
@@ -121,25 +134,27 @@ def _split_for_keyword_call(
     return tuple(args), kwargs
 
 
-class ParallelFunction(Generic[P, R]):
-    """A function whose calls are cut into chunks and run on a backend.
+class _ParallelBase(Generic[P, R]):
+    """What the sync and async wrappers share: options, binding to instances, preparing a call.
 
-    Created by :func:`parallel`. Calling it splits the split argument(s), runs the
-    user's function once per chunk and combines the per-chunk results.
+    ``R`` is what one chunk gives back (for an ``async def`` function, what its coroutine
+    gives). The siblings :class:`ParallelFunction` and :class:`AsyncParallelFunction` add
+    the calls, plain or awaited.
     """
 
-    is_async = False
+    is_async: ClassVar[bool]
 
     def __init__(
         self,
-        func: Callable[P, R],
+        func: Callable[P, Any],
         layer: dict[str, Any],
         overrides: dict[str, Any] | None = None,
         method_kind: MethodKind = MethodKind.FUNCTION,
     ):
-        functools.update_wrapper(self, func)
+        # Not a callable itself: the siblings add ``__call__``.
+        functools.update_wrapper(cast(Callable[..., Any], self), func)
         self._method_kind = method_kind
-        self.__wrapped__: Callable[P, R] = func
+        self.__wrapped__: Callable[P, Any] = func
         self._layer = layer
         self._overrides = overrides or {}
         self._signature = inspect.signature(func)
@@ -163,14 +178,16 @@ class ParallelFunction(Generic[P, R]):
     def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
     @overload
     def __get__(
-        self: ParallelFunction[Concatenate[Any, Q], R], instance: object, owner: type[Any] | None = None
+        self: _ParallelBase[Concatenate[Any, Q], R], instance: object, owner: type[Any] | None = None
     ) -> BoundParallelFunction[Q, R]: ...
     def __get__(self, instance: object, owner: type[Any] | None = None) -> Any:
         """Bind to the instance (or class) a method is looked up on, as a ``def`` would."""
         if instance is None and self._method_kind is not MethodKind.CLASS:
             return self
         target = bind_target(self._method_kind, instance, owner)
-        return self if target is None else BoundParallelFunction(self, target)
+        if target is None:
+            return self
+        return BoundParallelFunction(cast("_Decorated", self), target)
 
     # -- options ------------------------------------------------------------------
 
@@ -178,7 +195,7 @@ class ParallelFunction(Generic[P, R]):
         """The options a call made now would use, after every layer of precedence."""
         return merge_layers(environment_layer(), self._layer, current_config(), self._overrides)
 
-    def options(self, **overrides: Unpack[ParallelKwargs]) -> ParallelFunction[P, R]:
+    def options(self, **overrides: Unpack[ParallelKwargs]) -> Self:
         """A copy whose calls use ``overrides`` above every other source of options.
 
         :raises TypeError, ValueError: on a keyword or value that is not allowed.
@@ -191,37 +208,27 @@ class ParallelFunction(Generic[P, R]):
         merged.update(layer)
         return type(self)(self.__wrapped__, self._layer, merged, self._method_kind)
 
-    # -- calls --------------------------------------------------------------------
+    # -- preparation ----------------------------------------------------------------
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        """Run the function on chunks of the split argument(s) and combine the results."""
-        return self._run(args, kwargs)
-
-    def sequential(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        """The same call (same chunks, seeds and combine), chunk after chunk in this thread."""
-        return self._run(args, kwargs, intercept=False, backend="sequential")
-
-    def stream(self, *args: P.args, **kwargs: P.kwargs) -> Iterator[tuple[int, R]]:
-        """Yield ``(chunk index, chunk result)`` as chunks finish, in completion order.
-
-        Leaving the loop early cancels the chunks that have not started.
-        """
-        call = self._prepare(args, kwargs, self.resolved_options(), None)
-        for chunk, outcome in iter_outcomes(call):
-            yield chunk.index, outcome.value
-
-    def _run(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, intercept: bool = True, backend: str | None = None
+    def _dispatch(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        engine: Callable[[PreparedCall], Any],
+        *,
+        intercept: bool,
+        backend: str | None,
     ) -> Any:
+        """Hand the call to the ``--conc-bench`` interceptor if one is installed, else run it with ``engine``.
+
+        :param backend: a backend forced on the call (``.sequential``), above every option.
+        """
         options = self.resolved_options()
         if intercept and not inside_worker():
             interceptor = _intercept.current_interceptor()
             if interceptor is not None:
-                return interceptor(_intercept.InterceptedCall(self, args, kwargs, options))
-        call = self._prepare(args, kwargs, options, backend)
-        return _collect(call, iter_outcomes(call))
-
-    # -- preparation ----------------------------------------------------------------
+                return interceptor(_intercept.InterceptedCall(cast("_Decorated", self), args, kwargs, options))
+        return engine(self._prepare(args, kwargs, options, backend))
 
     def _backend_name(self, options: ParallelOptions, forced: str | None) -> str:
         if forced is not None:
@@ -306,6 +313,37 @@ class ParallelFunction(Generic[P, R]):
         )
 
 
+class ParallelFunction(_ParallelBase[P, R]):
+    """A function whose calls are cut into chunks and run on a backend.
+
+    Created by :func:`parallel`. Calling it splits the split argument(s), runs the
+    user's function once per chunk and combines the per-chunk results.
+    """
+
+    is_async = False
+    __wrapped__: Callable[P, R]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run the function on chunks of the split argument(s) and combine the results."""
+        return self._run(args, kwargs)
+
+    def sequential(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """The same call (same chunks, seeds and combine), chunk after chunk in this thread."""
+        return self._run(args, kwargs, intercept=False, backend="sequential")
+
+    def stream(self, *args: P.args, **kwargs: P.kwargs) -> Iterator[tuple[int, R]]:
+        """Yield ``(chunk index, chunk result)`` as chunks finish, in completion order.
+
+        Leaving the loop early cancels the chunks that have not started.
+        """
+        yield from stream_call(self._prepare(args, kwargs, self.resolved_options(), None))
+
+    def _run(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, intercept: bool = True, backend: str | None = None
+    ) -> Any:
+        return self._dispatch(args, kwargs, run_call, intercept=intercept, backend=backend)
+
+
 class BoundParallelFunction(Generic[P, R]):
     """A ``@parallel`` method looked up on an instance (a classmethod: on its class).
 
@@ -316,7 +354,7 @@ class BoundParallelFunction(Generic[P, R]):
     method.
     """
 
-    def __init__(self, function: ParallelFunction[..., R], target: object):
+    def __init__(self, function: ParallelFunction[..., R] | AsyncParallelFunction[..., R], target: object):
         self._function = function
         self._target = target
         self.__wrapped__: Callable[P, R] = types.MethodType(function.__wrapped__, target)
@@ -402,18 +440,15 @@ def _preload_in_process_workers(func: Callable[..., Any]) -> None:
     _forkserver.preload(modules)
 
 
-def _collect(call: PreparedCall, outcomes: Iterator[tuple[Chunk, ChunkOutcome]]) -> Any:
-    by_index: dict[int, tuple[Any, int]] = {}
-    for chunk, outcome in outcomes:
-        by_index[chunk.index] = (outcome.value, chunk.n_items)
-    ordered = [by_index[i] for i in range(len(by_index))]
-    return combine_results(call.options.combine, [v for v, _ in ordered], [n for _, n in ordered])
+class AsyncParallelFunction(_ParallelBase[P, R]):
+    """The wrapper of an ``async def`` function: calls are awaited.
 
-
-class AsyncParallelFunction(ParallelFunction[P, R]):
-    """The wrapper of an ``async def`` function: calls are awaited."""
+    A sibling of :class:`ParallelFunction` (not a subclass): its calls, ``.sequential``
+    and ``.stream`` are the awaited forms of that class's.
+    """
 
     is_async = True
+    __wrapped__: Callable[P, Coroutine[Any, Any, R]]
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Await the function on chunks of the split argument(s) and combine the results."""
@@ -423,86 +458,38 @@ class AsyncParallelFunction(ParallelFunction[P, R]):
         """The same call, one chunk after another in the current event loop."""
         return await self._run(args, kwargs, intercept=False, backend="sequential")
 
-    async def stream(self, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[tuple[int, Any]]:  # type: ignore[override]
+    async def stream(self, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[tuple[int, R]]:
         """Yield ``(chunk index, chunk result)`` as chunks finish.
 
         Consume it fully, or close it (``contextlib.aclosing``) when leaving early.
         """
         call = self._prepare(args, kwargs, self.resolved_options(), None)
-        if call.backend_name in ("async", "sequential"):
-            if call.backend_name == "sequential":
-                call.workers = 1
-            async with contextlib.aclosing(iter_outcomes_async(call)) as outcomes:
-                async for chunk, outcome in outcomes:
-                    yield chunk.index, outcome.value
-            return
-        async with contextlib.aclosing(_stream_from_worker_thread(call)) as items:
+        async with contextlib.aclosing(stream_call_async(call)) as items:
             async for item in items:
                 yield item
 
     def _run(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], *, intercept: bool = True, backend: str | None = None
     ) -> Awaitable[Any]:
-        options = self.resolved_options()
-        if intercept and not inside_worker():
-            interceptor = _intercept.current_interceptor()
-            if interceptor is not None:
-                return interceptor(_intercept.InterceptedCall(self, args, kwargs, options))  # type: ignore[no-any-return]
-        call = self._prepare(args, kwargs, options, backend)
-        return self._run_prepared(call)
-
-    async def _run_prepared(self, call: PreparedCall) -> Any:
-        if call.backend_name in ("async", "sequential"):
-            if call.backend_name == "sequential":
-                call.workers = 1
-            outcomes = [item async for item in iter_outcomes_async(call)]
-            return _collect(call, iter(outcomes))
-        return await _in_worker_thread(call, lambda: _collect(call, iter_outcomes(call)))
+        # The interceptor of an async function returns an awaitable too (see pytest_conc_ml.fixture).
+        return cast(Awaitable[Any], self._dispatch(args, kwargs, run_call_async, intercept=intercept, backend=backend))
 
 
-async def _stream_from_worker_thread(call: PreparedCall) -> AsyncGenerator[tuple[int, Any], None]:
-    """Yield a pool backend's chunk results to async code as each chunk finishes.
+class _ParallelDecorator(Protocol):
+    """What ``parallel(**options)`` returns: a decorator typed for sync and ``async def`` functions alike."""
 
-    Each outcome is fetched by a short worker-thread call, so no thread is ever left
-    waiting on an event loop that has gone (as a long-lived pump thread would be when the
-    consumer leaves early).
-    """
-    outcomes = iter_outcomes(call)
-    fetching = False
-    try:
-        while True:
-            fetching = True
-            item = await anyio.to_thread.run_sync(next, outcomes, None, abandon_on_cancel=True)
-            fetching = False
-            if item is None:
-                return
-            chunk, outcome = item
-            yield chunk.index, outcome.value
-    finally:
-        if fetching:
-            # Cancelled while a thread is inside next(): the engine wakes up, stops the
-            # running chunks where the backend can, and releases the executor.
-            call.cancel()
-        else:
-            # Finished, failed or left early between chunks: drop the queued chunks now.
-            await anyio.to_thread.run_sync(outcomes.close)
-
-
-async def _in_worker_thread(call: PreparedCall, work: Callable[[], R]) -> R:
-    """Run blocking pool work in a worker thread, stopping it if the caller is cancelled."""
-    try:
-        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
-    except anyio.get_cancelled_exc_class():
-        call.cancel()
-        raise
+    @overload
+    def __call__(self, func: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncParallelFunction[P, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> ParallelFunction[P, R]: ...
 
 
 @overload
-def parallel(func: Callable[P, Awaitable[R]], /) -> AsyncParallelFunction[P, R]: ...
+def parallel(func: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncParallelFunction[P, R]: ...  # type: ignore[overload-overlap]
 @overload
 def parallel(func: Callable[P, R], /) -> ParallelFunction[P, R]: ...
 @overload
-def parallel(**options: Unpack[ParallelKwargs]) -> Callable[[Callable[P, R]], ParallelFunction[P, R]]: ...
+def parallel(**options: Unpack[ParallelKwargs]) -> _ParallelDecorator: ...
 
 
 def parallel(func: Callable[..., Any] | None = None, /, **options: Unpack[ParallelKwargs]) -> Any:
@@ -532,13 +519,15 @@ def parallel(func: Callable[..., Any] | None = None, /, **options: Unpack[Parall
     """
     layer = validate_layer(options, where="@parallel")
 
-    def decorate(target: Callable[..., Any]) -> ParallelFunction[..., Any]:
+    def decorate(target: Callable[..., Any]) -> _ParallelBase[..., Any]:
         target, method_kind = unwrap_method(target)
         if not callable(target):
             raise TypeError(f"@parallel decorates a function, not {type(target).__name__}")
-        if isinstance(target, ParallelFunction):
+        if isinstance(target, _ParallelBase):
             raise TypeError(f"{target.__wrapped__.__qualname__}() is already decorated with @parallel")
-        cls = AsyncParallelFunction if inspect.iscoroutinefunction(target) else ParallelFunction
+        cls: type[_ParallelBase[..., Any]] = (
+            AsyncParallelFunction if inspect.iscoroutinefunction(target) else ParallelFunction
+        )
         return cls(target, layer, method_kind=method_kind)
 
     if func is not None:

@@ -108,13 +108,17 @@ def warm_up(
     :raises TimeoutError: if the workers are not ready within ``timeout``.
     """
     from ._options import usable_cpus
-    from ._parallel import ParallelFunction
+    from ._parallel import AsyncParallelFunction, ParallelFunction
     from .backends import get_backend
     from .backends._process import _forkserver
 
     if workers is None:
         first = functions[0] if functions else None
-        workers = first.resolved_options().resolved_workers() if isinstance(first, ParallelFunction) else usable_cpus()
+        workers = (
+            first.resolved_options().resolved_workers()
+            if isinstance(first, ParallelFunction | AsyncParallelFunction)
+            else usable_cpus()
+        )
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     names = {name for func in functions for name in modules_used_by(func)}

@@ -204,7 +204,7 @@ class ConcBench:
         :raises conc_ml.errors.ParityError: if the parallel result differs from the sequential one.
         """
         __tracebackhide__ = True
-        from conc_ml import ParallelFunction
+        from conc_ml import AsyncParallelFunction, ParallelFunction
         from conc_ml._intercept import InterceptedCall
         from conc_ml._parallel import BoundParallelFunction
 
@@ -212,7 +212,7 @@ class ConcBench:
             # A method looked up on an instance: the class's function with the instance first.
             args = (func._target, *args)
             func = func._function
-        if not isinstance(func, ParallelFunction):
+        if not isinstance(func, ParallelFunction | AsyncParallelFunction):
             raise TypeError(
                 f"conc_bench() takes a function decorated with @conc_ml.parallel, not {type(func).__name__} "
                 f"{func!r}; decorate it, or call it directly"

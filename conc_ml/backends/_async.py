@@ -1,7 +1,7 @@
 """The ``async`` backend: anyio tasks limited by a :class:`anyio.CapacityLimiter`.
 
 ``async def`` functions awaited from async code run as tasks of a task group in the
-caller's own event loop (asyncio or trio): see :func:`conc_ml._engine.run_async`.
+caller's own event loop (asyncio or trio): see :mod:`conc_ml._engine._async`.
 Called from sync code, chunks run in an event loop that a blocking portal starts in a
 helper thread for the duration of the call; sync functions given this backend run in
 anyio worker threads under the same limiter.
@@ -20,6 +20,7 @@ import anyio.to_thread
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .._runner import ChunkOutcome, ChunkTask, run_chunk_async
+from ._base import AwaitedChunks
 
 __all__ = ["AsyncBackend", "PortalExecutor"]
 
@@ -60,6 +61,11 @@ class AsyncBackend:
     # Coroutine chunks are cancelled; sync chunks in worker threads run to their end.
     can_stop_running: ClassVar[bool] = False
     max_in_flight_per_worker: ClassVar[int] = 2
+    #: from async code, the chunks of an ``async def`` function are tasks of the caller's loop
+    runs_in_event_loop: ClassVar[bool] = True
+
+    def open_in_event_loop(self, workers: int, settings: Mapping[str, Any]) -> AwaitedChunks:
+        return AwaitedChunks(workers)
 
     def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:
         library = settings.get("async_library", "asyncio")

@@ -4,9 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-__all__ = ["Backend"]
+if TYPE_CHECKING:
+    from .._runner import ChunkOutcome, ChunkTask
+
+__all__ = ["AwaitedChunks", "Backend"]
+
+
+class AwaitedChunks:
+    """Chunks of an ``async def`` function awaited in the caller's event loop, ``capacity`` at a time.
+
+    What a backend that declares ``runs_in_event_loop`` opens for a call made from async code.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+
+    async def run(self, task: ChunkTask) -> ChunkOutcome:
+        """Await one chunk (its exceptions come back in the outcome)."""
+        from .._runner import run_chunk_async
+
+        return await run_chunk_async(task)
 
 
 @runtime_checkable

@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
+from ._base import AwaitedChunks
+
 __all__ = ["InlineExecutor", "SequentialBackend"]
 
 P = ParamSpec("P")
@@ -37,6 +39,11 @@ class SequentialBackend:
     crosses_processes: ClassVar[bool] = False
     can_stop_running: ClassVar[bool] = False
     max_in_flight_per_worker: ClassVar[int] = 1
+    #: from async code, the chunks of an ``async def`` function are awaited in the caller's loop
+    runs_in_event_loop: ClassVar[bool] = True
+
+    def open_in_event_loop(self, workers: int, settings: Mapping[str, Any]) -> AwaitedChunks:
+        return AwaitedChunks(1)
 
     def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:
         return InlineExecutor()

@@ -12,12 +12,15 @@ from typing import Any
 import numpy as np
 
 from .._options import Seed
-from .._parallel import BoundParallelFunction, ParallelFunction
+from .._parallel import AsyncParallelFunction, BoundParallelFunction, ParallelFunction
 from .._seeding import chunk_seed, root_seed_sequence
 from ..errors import ConcMLError, ParityError
 from ._equivalence import _show, check_tolerances, compare_results, find_difference
 
 __all__ = ["DEFAULT_BACKENDS", "assert_parallel_equivalent"]
+
+#: a ``@parallel`` function, sync or ``async def``
+_Decorated = ParallelFunction[..., Any] | AsyncParallelFunction[..., Any]
 
 #: backends compared with the sequential run when ``backends`` is not given
 DEFAULT_BACKENDS = ("thread", "process", "async")
@@ -76,7 +79,7 @@ def _same_outcome(actual: _Outcome, expected: _Outcome, rtol: float, atol: float
 
 
 def assert_parallel_equivalent(
-    func: ParallelFunction[..., Any] | BoundParallelFunction[..., Any],
+    func: ParallelFunction[..., Any] | AsyncParallelFunction[..., Any] | BoundParallelFunction[..., Any],
     *args: Any,
     backends: str | Iterable[str] | None = None,
     workers: int | Iterable[int | None] | None = 2,
@@ -129,7 +132,7 @@ def assert_parallel_equivalent(
         # the instance first.
         args = (func._target, *args)
         func = func._function
-    if not isinstance(func, ParallelFunction):
+    if not isinstance(func, ParallelFunction | AsyncParallelFunction):
         raise TypeError(
             f"assert_parallel_equivalent needs a function decorated with @conc_ml.parallel, "
             f"got {type(func).__qualname__} {func!r}"
@@ -164,7 +167,7 @@ def assert_parallel_equivalent(
             )
 
     # Build every variant first: bad options fail before anything runs.
-    variants: list[tuple[str, Any, Any, ParallelFunction[..., Any]]] = []
+    variants: list[tuple[str, Any, Any, _Decorated]] = []
     for backend, worker_count, chunk_count in itertools.product(backend_names, worker_counts, chunk_counts):
         overrides: dict[str, Any] = {"backend": backend, "seed": seed}
         if worker_count is not None:
@@ -208,16 +211,16 @@ def assert_parallel_equivalent(
             ) from outcome.error
 
 
-def _run_sequential(variant: ParallelFunction[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _run_sequential(variant: _Decorated, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return _resolve(variant.sequential(*args, **kwargs), variant.is_async)
 
 
-def _run_parallel(variant: ParallelFunction[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _run_parallel(variant: _Decorated, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     # Not variant(...): under ``pytest --conc-bench`` that call would be intercepted and timed.
     return _resolve(variant._run(args, kwargs, intercept=False), variant.is_async)
 
 
-def _call_whole(func: ParallelFunction[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], seed: Seed) -> Any:
+def _call_whole(func: _Decorated, args: tuple[Any, ...], kwargs: dict[str, Any], seed: Seed) -> Any:
     if func._rng_param is not None:
         # The stream chunk 0 gets: a one-chunk call then matches the whole call exactly.
         kwargs = {**kwargs, func._rng_param: np.random.default_rng(chunk_seed(root_seed_sequence(seed), 0))}
