@@ -120,6 +120,10 @@ def _rebuild_failure(payload: bytes, traceback_text: str, type_name: str = "", t
         error = cloudpickle.loads(payload)
     except Exception as loading_error:
         error = _unpicklable_error(type_name or "an exception", text, traceback_text, loading_error)
+    # The worker's frames are in traceback_text, which the caller chains as the cause. A
+    # traceback pickled along (distributed's tblib does that for the exception classes that
+    # existed when it was imported) would show them twice, as File "<dynamic-code>".
+    error.__traceback__ = None
     return ChunkFailure(error, traceback_text)
 
 

@@ -24,8 +24,18 @@ __all__ = ["Unpicklable", "locate_unpicklable", "refuse_open_files"]
 _SEARCH_DEPTH = 8
 #: items of one container tried at most
 _SEARCH_WIDTH = 10_000
-#: values of a dict argument checked for open files (a list: its first item only)
+#: items of a list or tuple looked at for open files (files in a list are seldom alone)
+_FILE_CHECK_ITEMS = 10
+#: values of a dict, or attributes of an object, looked at for open files
 _FILE_CHECK_WIDTH = 100
+#: how deep the look for open files goes into containers and attributes
+_FILE_CHECK_DEPTH = 4
+#: objects looked at for open files in one argument, at most
+_FILE_CHECK_VISITS = 200
+#: values that hold no file and need no look inside
+_LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), range, types.ModuleType, type)
+#: top-level packages whose objects are not entered: arrays, frames, matrices hold no files
+_NOT_ENTERED = frozenset({"numpy", "pandas", "scipy", "pyarrow", "torch"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -116,26 +126,63 @@ def _is_open_file(value: object) -> bool:
     return isinstance(value, io.IOBase) and not isinstance(value, io.BytesIO | io.StringIO)
 
 
+def _open_file_in(value: Any) -> tuple[str, Any] | None:
+    """The first open file found in ``value``, with its path from ``value`` (``"['db'].log"``).
+
+    A bounded search, cheap enough for every call (a split list of a million rows is not
+    walked): the first items of a list, tuple or dict, the attributes of an object, a few
+    levels deep and a few hundred objects at most; objects of numeric libraries (arrays,
+    frames) are not entered.
+    """
+    stack: list[tuple[str, Any, int]] = [("", value, 0)]
+    seen: set[int] = set()
+    visits = 0
+    while stack and visits < _FILE_CHECK_VISITS:
+        path, current, depth = stack.pop()
+        if id(current) in seen or isinstance(current, _LEAVES):
+            continue
+        seen.add(id(current))
+        visits += 1
+        if _is_open_file(current):
+            return path, current
+        if depth >= _FILE_CHECK_DEPTH or type(current).__module__.split(".")[0] in _NOT_ENTERED:
+            continue
+        try:
+            state = getattr(current, "__dict__", None)
+        except Exception:  # a proxy whose attribute lookup fails: nothing to look into
+            state = None
+        parts: list[tuple[str, Any]]
+        if isinstance(current, list | tuple):
+            parts = [(f"[{i}]", item) for i, item in enumerate(itertools.islice(current, _FILE_CHECK_ITEMS))]
+        elif isinstance(current, Mapping):
+            parts = [(f"[{k!r}]", v) for k, v in itertools.islice(current.items(), _FILE_CHECK_WIDTH)]
+        elif isinstance(state, dict):
+            items = itertools.islice(state.items(), _FILE_CHECK_WIDTH)
+            parts = [(f".{name}", item) for name, item in items]
+        else:
+            parts = []
+        # Reversed, so that the first part is looked at first.
+        stack.extend((path + step, part, depth + 1) for step, part in reversed(parts))
+    return None
+
+
 def refuse_open_files(arguments: Mapping[str, Any], function_name: str, backend_name: str) -> None:
     """Refuse open file objects among a call's arguments, for a backend that pickles them.
 
-    Looks at each argument, the first item of a list or tuple, and the values of a dict:
-    cheap enough for every call, and where files are passed in practice.
+    Looks into each argument as :func:`_open_file_in` does: through containers and the
+    attributes of objects (an instance whose method is decorated is its ``self`` argument).
 
-    :raises SerializationError: naming the argument and the file, with the fix.
+    :raises SerializationError: naming the argument, where the file is in it, and the fix.
     """
     for name, value in arguments.items():
-        candidates: list[tuple[str, Any]] = [(name, value)]
-        if isinstance(value, list | tuple) and value:
-            candidates.append((f"{name}[0]", value[0]))
-        elif isinstance(value, dict):
-            candidates += [(f"{name}[{k!r}]", v) for k, v in itertools.islice(value.items(), _FILE_CHECK_WIDTH)]
-        for path, candidate in candidates:
-            if _is_open_file(candidate):
-                file_name = getattr(candidate, "name", None)
-                shown = f" ({file_name!r})" if file_name is not None else ""
-                raise SerializationError(
-                    f"argument {name!r} of {function_name}(): {path} is an open file{shown}, which a "
-                    f"{backend_name!r} worker would receive as a copy of its contents read now, not as the file. "
-                    "Pass the path and open the file inside the function, or use backend='thread'"
-                )
+        found = _open_file_in(value)
+        if found is None:
+            continue
+        path, candidate = found
+        file_name = getattr(candidate, "name", None)
+        shown = f" ({file_name!r})" if file_name is not None else ""
+        raise SerializationError(
+            f"argument {name!r} of {function_name}(): {name}{path} is an open file{shown}, which a "
+            f"{backend_name!r} worker would receive as a copy of its contents read now, not as the file. "
+            "Pass the path and open the file inside the function, or use backend='thread'"
+        )

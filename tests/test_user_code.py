@@ -227,6 +227,32 @@ def test_open_files_are_refused_with_a_hint(tmp_path: Any) -> None:
         assert func.options(backend="thread")([1, 2], handle) == [1, 1]
 
 
+class LineReader:
+    """A user's object that keeps an open file, as a class with a log or a data file does."""
+
+    def __init__(self, handle: Any) -> None:
+        self.source = {"name": "rows", "files": [handle]}
+
+    @parallel(backend="process", chunks=2)
+    def first_lines(self, items: list[int]) -> str:
+        return str(self.source["files"][0].readline())
+
+
+def test_open_files_inside_objects_and_the_instance_are_refused(tmp_path: Any) -> None:
+    path = tmp_path / "rows.txt"
+    path.write_text("a\nb\n")
+    func = parallel(backend="process", chunks=2)(count_items)
+    with path.open() as handle:
+        reader = LineReader(handle)
+        with pytest.raises(SerializationError, match=r"self\.source\['files'\]\[0\] is an open file"):
+            reader.first_lines([1, 2])
+        with pytest.raises(SerializationError, match=r"config\[1\]\.source\['files'\]\[0\] is an open file"):
+            func([1, 2], (0, reader))
+        assert reader.first_lines.options(backend="thread")([1, 2]) == ["a\n", "b\n"]
+    # Objects of numeric libraries are not searched, and plain values pass.
+    assert func([1, 2], {"rows": np.zeros(3), "frame": pd.DataFrame({"a": [1]}), "n": 1}) == [1, 1]
+
+
 SCRIPT_WITH_A_FAILING_HELPER = """
 from conc_ml import parallel
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,23 @@ def test_user_exception_keeps_its_type_with_a_note_and_remote_traceback(on_dask:
     assert "backend 'dask'" in note
     assert isinstance(info.value.__cause__, conc_ml.errors.RemoteTraceback)
     assert "reject_odd" in str(info.value.__cause__)
+
+
+def test_a_remote_traceback_is_told_once_in_the_cause(on_dask: Any) -> None:
+    # distributed pickles exceptions of the classes that existed when it was imported (the
+    # builtins) with their tracebacks: the worker's frames, whose code cloudpickle sent by
+    # value, would show again under the caller's as File "<dynamic-code>" without source.
+    def check(values: list[int]) -> list[int]:
+        if 3 in values:
+            raise ValueError("three is not allowed")
+        return values
+
+    with pytest.raises(ValueError, match="three") as info:
+        parallel(chunks=2, workers=2)(check)([1, 2, 3, 4])
+    assert "in check" in str(info.value.__cause__)
+    frames = traceback.extract_tb(info.value.__traceback__)
+    assert [frame.name for frame in frames if frame.name in ("check", "run_chunk")] == []
+    assert all(frame.filename != "<dynamic-code>" for frame in frames)
 
 
 def test_stream_yields_every_chunk(on_dask: Any) -> None:

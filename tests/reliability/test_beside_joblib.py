@@ -37,3 +37,45 @@ def test_a_process_call_then_joblib_with_memmapped_arrays_prints_nothing(tmp_pat
     run = run_program(program, cwd=tmp_path, timeout=120)
     assert result_of(run) == [400000.0, 400000.0, 2, 400000.0]
     assert run.stderr == ""
+
+
+_NESTED_PROGRAM = """
+    import json
+    import numpy as np
+    import psutil
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    import conc_ml
+
+    def scores(seeds, data, labels):
+        # scikit-learn's n_jobs=-1 inside a chunk, on an array joblib would memory-map
+        found = []
+        for seed in seeds:
+            model = LogisticRegression(C=1.0 + seed, max_iter=50)
+            found.append(float(cross_val_score(model, data, labels, cv=2, n_jobs=-1).mean()))
+        return found, len(psutil.Process().children(recursive=True))
+
+    if __name__ == "__main__":
+        data = np.random.default_rng(0).normal(size=(2000, 200))  # 3.2 MB
+        labels = (data[:, 0] > 0).astype(int)
+        call = conc_ml.parallel(backend="process", workers=2, chunks=2)(scores)
+        chunks = call([0, 1], data, labels)
+        alone = [float(cross_val_score(LogisticRegression(C=1.0 + s, max_iter=50), data, labels, cv=2).mean())
+                 for s in (0, 1)]
+        print("RESULT " + json.dumps({
+            "same": [s for found, _ in chunks for s in found] == alone,
+            "children_of_workers": [children for _, children in chunks],
+        }), flush=True)
+"""
+
+
+def test_scikit_learn_n_jobs_inside_a_process_chunk_stays_in_the_worker_and_prints_nothing(tmp_path: Path) -> None:
+    # joblib inside a conc-ml worker behaves as inside one of its own workers: threads, at
+    # most the worker's share of the CPUs. A process pool per worker would multiply the
+    # processes (workers x CPUs) and leave memory-mapped folders that loky reports as
+    # "leaked folder objects" when the workers stop.
+    program = write_program(tmp_path, _NESTED_PROGRAM)
+    run = run_program(program, cwd=tmp_path, timeout=120)
+    assert result_of(run) == {"same": True, "children_of_workers": [0, 0]}
+    assert run.stderr == ""

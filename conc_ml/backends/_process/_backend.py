@@ -52,22 +52,32 @@ _THREAD_VARIABLES = (
 
 
 def inner_thread_env(workers: int) -> dict[str, str]:
-    """Environment capping each worker's BLAS/OpenMP threads at ``CPUs // workers``."""
+    """Environment capping each worker's BLAS/OpenMP threads, and joblib's CPUs, at ``CPUs // workers``."""
     inner = str(max(1, usable_cpus() // workers))
-    return dict.fromkeys(_THREAD_VARIABLES, inner)
+    # LOKY_MAX_CPU_COUNT is what joblib's cpu_count() (so n_jobs=-1) reads.
+    return dict.fromkeys((*_THREAD_VARIABLES, "LOKY_MAX_CPU_COUNT"), inner)
 
 
 def limit_inner_threads(env: dict[str, str]) -> None:
-    """Run in each worker as it starts: cap the BLAS/OpenMP threads of this process.
+    """Run in each worker as it starts: cap the BLAS/OpenMP threads and joblib of this process.
 
     A worker forked from the fork server has numpy's BLAS loaded already, with the
     server's thread count, so the environment alone cannot cap it: threadpoolctl sets the
     libraries loaded now, the environment those loaded later (and child processes).
+
+    joblib (scikit-learn's ``n_jobs``) in a chunk runs as inside one of joblib's own
+    workers: on threads, ``n_jobs=-1`` meaning this worker's share of the CPUs. A process
+    pool per worker would multiply the processes, and the folders it memory-maps arrays
+    into, left when the worker stops, make loky print "leaked folder objects" at exit. A
+    ``joblib.parallel_config`` in the chunk still chooses otherwise.
     """
+    import joblib
     from threadpoolctl import threadpool_limits
 
     os.environ.update(env)
     threadpool_limits(int(next(iter(env.values()))))
+    # Chunks run on the worker's main thread, whose joblib default this sets.
+    joblib.parallel_config(backend="threading")
 
 
 #: seconds between two looks of a worker at its parent (see :func:`watch_parent`)
