@@ -31,6 +31,7 @@ import logging
 import os
 import pickle
 import re
+import sys
 import tempfile
 import threading
 import types
@@ -270,17 +271,92 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside conc-ml, so a warning names the user's line.
+
+    Counted from the caller of this function's caller (the one that calls ``warnings.warn``);
+    2 (that caller's caller) when no frame outside conc-ml is on this thread's stack, as in
+    the worker thread where the async engine reads and writes entries.
+    """
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame: types.FrameType | None = sys._getframe(2)
+    level = 2
+    while frame is not None:
+        if not frame.f_code.co_filename.startswith(package):
+            return level
+        frame = frame.f_back
+        level += 1
+    return 2
+
+
 class CheckpointStore:
     """The entries of one call: ``ROOT/<module.function>/<call key>/chunk-<index>-<key>.pkl``.
 
-    :param folder: the call's folder (created on the first write).
+    :param folder: the call's folder (created by :meth:`prepare`).
     :param description: what ``call.json`` says about the call, for a person clearing it.
+    :param root: the ``checkpoint`` folder the user gave, for messages.
     """
 
-    def __init__(self, folder: Path, description: Mapping[str, Any]):
+    def __init__(self, folder: Path, description: Mapping[str, Any], root: Path | None = None):
         self.folder = folder
+        self.root = folder if root is None else root
         self._description = description
         self._created = False
+        #: why the folder cannot take entries, found by :meth:`prepare`
+        self._unusable: OSError | None = None
+        #: entries that could not be written during this call
+        self.write_failures = 0
+
+    def prepare(self) -> None:
+        """Create the call's folder and check that an entry can be written there.
+
+        Done before any chunk runs, so that a folder that cannot be used (a file on its
+        path, no permission, a read-only disk) is reported before hours of work rather
+        than after the first chunk. The error is kept, not raised: a finished checkpoint
+        on a read-only disk still resumes, and :meth:`require_writable` raises it only
+        when a chunk must run.
+        """
+        try:
+            self._create_folder()
+            descriptor, probe = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", dir=self.folder)
+            os.close(descriptor)
+            os.unlink(probe)
+        except OSError as error:
+            self._unusable = error
+
+    def require_writable(self, chunk: int) -> None:
+        """Raise, before chunk ``chunk`` runs, if its result could not be kept.
+
+        :raises OSError: of the type the system gave (``PermissionError``,
+            ``NotADirectoryError``...), saying which folder and what is allowed.
+        """
+        error = self._unusable
+        if error is None:
+            return
+        reason = error.strerror or str(error)
+        where = f" ({error.filename})" if error.filename and error.strerror else ""
+        message = (
+            f"checkpoint folder {str(self.root)!r} cannot keep results: {reason}{where}. No chunk ran "
+            f"(chunk {chunk} was next): checkpoint= needs a folder that this process can create and write, "
+            "or None to run without one"
+        )
+        raise (type(error)(error.errno, message) if error.errno is not None else type(error)(message)) from error
+
+    def note_write_failure(self, index: int, error: OSError) -> None:
+        """A finished chunk could not be written (disk full, folder removed): warn once, go on.
+
+        Its result is in memory and the call goes on: failing it would lose every chunk
+        not yet kept, the very work a checkpoint is there to save.
+        """
+        self.write_failures += 1
+        if self.write_failures == 1:
+            warnings.warn(
+                f"conc-ml: the result of chunk {index} could not be kept in checkpoint folder {self.folder} "
+                f"({type(error).__name__}: {error}); the call goes on, but a re-run will run this chunk again "
+                "(later failures of this call are counted in the log, not warned again)",
+                RuntimeWarning,
+                stacklevel=_user_stacklevel(),
+            )
 
     def entry(self, index: int, key: bytes) -> Path:
         """Where chunk ``index`` with key ``key`` is kept."""
@@ -294,7 +370,7 @@ class CheckpointStore:
         """
         try:
             data = path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no entry (a folder of the path is missing)
             return False, None
         except OSError as error:
             self._discard(path, f"it cannot be read ({error})")
@@ -360,7 +436,9 @@ class CheckpointStore:
 
     def _discard(self, path: Path, why: str) -> None:
         warnings.warn(
-            f"conc-ml: checkpoint entry {path} is unusable: {why}; its chunk runs again", RuntimeWarning, stacklevel=2
+            f"conc-ml: checkpoint entry {path} is unusable: {why}; its chunk runs again",
+            RuntimeWarning,
+            stacklevel=_user_stacklevel(),
         )
         with contextlib.suppress(OSError):
             path.unlink()
@@ -445,12 +523,12 @@ class CallLedger:
             )
             self._broadcast = {}  # digested: do not keep the arguments alive longer than the call
             function_folder = self._root / _folder_name(f"{module}.{self._function_name}")
-            if function_folder.exists() and not function_folder.is_dir():
-                raise NotADirectoryError(f"checkpoint folder {function_folder} exists and is not a directory")
             self._store = CheckpointStore(
                 function_folder / self._call_key.hex()[:32],
                 {"function": f"{module}.{self._function_name}", "format": FORMAT_VERSION},
+                root=self._root,
             )
+            self._store.prepare()
             self._store.remove_orphans()
         return self._store
 
@@ -470,6 +548,7 @@ class CallLedger:
         store = self._open_store()
         found, value = store.load(store.entry(chunk.index, self._chunk_key(chunk)))
         if not found:
+            store.require_writable(chunk.index)
             return None
         self._resumed.add(chunk.index)
         return ChunkOutcome(chunk.index, value, None, RESUMED_FROM_CHECKPOINT)
@@ -479,7 +558,10 @@ class CallLedger:
         if self._root is None or chunk.index in self._resumed or outcome.failure is not None:
             return
         store = self._open_store()
-        store.save(store.entry(chunk.index, self._chunk_key(chunk)), outcome.value)
+        try:
+            store.save(store.entry(chunk.index, self._chunk_key(chunk)), outcome.value)
+        except OSError as error:
+            store.note_write_failure(chunk.index, error)
         # The content of the chunk is needed no more: drop its key to keep memory flat.
         self._chunk_keys.pop(chunk.index, None)
 
@@ -494,16 +576,31 @@ class CallLedger:
         return True
 
     def note_attempts(self, error: BaseException, chunk: Chunk) -> None:
-        """Say on a final crash how many times its chunk ran, when retries were allowed."""
-        if self.retries and isinstance(error, WorkerCrashedError):
-            attempts = self._attempts.get(chunk.index, 1)
-            error.add_note(
-                f"conc-ml: chunk {chunk.index} was attempted {attempts} time(s) (retries={self.retries}); "
-                "its worker died every time"
-            )
+        """Say on a final crash how many times its chunk ran, or how to have it run again."""
+        if not isinstance(error, WorkerCrashedError):
+            return
+        if not self.retries:
+            if "retries=" not in str(error):
+                error.add_note(
+                    "conc-ml: retries=N (in @parallel, .options() or config()) runs a chunk whose worker "
+                    "died again, up to N times, with the same piece of data and random stream"
+                )
+            return
+        attempts = self._attempts.get(chunk.index, 1)
+        error.add_note(
+            f"conc-ml: chunk {chunk.index} was attempted {attempts} time(s) (retries={self.retries}); "
+            "its worker died every time"
+        )
 
     def report(self, function_name: str, n_chunks: int | None) -> None:
-        """Log how many chunks came from the checkpoint (once, as the call ends)."""
+        """Log how many chunks came from the checkpoint, and how many could not be kept (as the call ends)."""
+        if self._store is not None and self._store.write_failures:
+            logger.warning(
+                "%s(): %d finished chunk(s) could not be written to checkpoint %s; a re-run runs them again",
+                function_name,
+                self._store.write_failures,
+                self._store.folder,
+            )
         if self._resumed and self._store is not None:
             of = f" of {n_chunks}" if n_chunks is not None else ""
             logger.info(

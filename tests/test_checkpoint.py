@@ -7,6 +7,7 @@ what ran, on every backend, from the caller.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from conc_ml import SerializationError, config, parallel
+from conc_ml import _checkpoint as checkpoint_module
 from conc_ml._checkpoint import content_digest, function_digest
 
 N_CHUNKS = 8
@@ -207,6 +209,7 @@ def test_a_corrupt_entry_runs_again_with_a_warning(ran: Path, store: Path) -> No
     with pytest.warns(RuntimeWarning, match="checkpoint entry .* is unusable") as warned:
         assert func(ROWS, str(ran)) == first
     assert len(warned) == 2
+    assert {w.filename for w in warned} == {__file__}, "the warning names the caller's line"
     assert runs(ran) == [FIRSTS[1], FIRSTS[4]]
     assert len(entries(store)) == N_CHUNKS
 
@@ -241,6 +244,59 @@ def test_temporary_files_of_a_dead_writer_are_removed(ran: Path, store: Path) ->
     func(ROWS, str(ran))
     assert not orphan.exists()
     assert alive.exists()
+
+
+def test_a_folder_that_cannot_be_created_fails_before_any_chunk_runs(
+    ran: Path, tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    in_a_file = tmp_path / "a-file"
+    in_a_file.write_text("not a folder")
+    for store in (in_a_file, in_a_file / "runs"):
+        func = parallel(backend="sequential", chunks=N_CHUNKS, seed=2, checkpoint=store)(noisy_sums)
+        with pytest.raises(NotADirectoryError, match=r"checkpoint folder .* cannot keep results: .* No chunk ran"):
+            func(ROWS, str(ran))
+        assert runs(ran) == []
+    assert [str(w.message) for w in recwarn] == []
+
+
+def test_a_read_only_checkpoint_resumes_and_refuses_only_a_chunk_that_must_run(
+    ran: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    func = parallel(backend="sequential", chunks=N_CHUNKS, seed=2, checkpoint=store)(noisy_sums)
+    first = func(ROWS, str(ran))
+    runs(ran)
+
+    def read_only(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(errno.EROFS, "Read-only file system", str(kwargs.get("dir")))
+
+    monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", read_only)
+    assert func(ROWS, str(ran)) == first
+    assert runs(ran) == []
+    entries(store)[-1].unlink()
+    with pytest.raises(PermissionError, match=r"cannot keep results: Read-only file system .*chunk 7 was next"):
+        func(ROWS, str(ran))
+    assert runs(ran) == []
+
+
+def test_a_write_that_fails_mid_run_warns_once_and_the_call_goes_on(
+    ran: Path, store: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    func = parallel(backend="sequential", chunks=N_CHUNKS, seed=2, checkpoint=store)(noisy_sums)
+    expected = func.sequential(ROWS, str(ran))
+    runs(ran)
+
+    def disk_full(descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.os, "fsync", disk_full)
+    with pytest.warns(RuntimeWarning, match="could not be kept .* the call goes on") as warned:
+        assert func(ROWS, str(ran)) == expected
+    assert len([w for w in warned if "could not be kept" in str(w.message)]) == 1
+    assert warned[0].filename == __file__
+    assert f"{N_CHUNKS} finished chunk(s) could not be written" in caplog.text
+    assert runs(ran) == FIRSTS
+    assert entries(store) == []
+    assert [p.name for p in store.rglob("*") if p.is_file()] == ["call.json"]
 
 
 def test_stream_yields_resumed_chunks_too(ran: Path, store: Path) -> None:
@@ -390,3 +446,18 @@ def test_each_chunk_counts_its_own_attempts_against_retries() -> None:
     ledger.note_attempts(crash, first)
     assert crash.__notes__ == ["conc-ml: chunk 0 was attempted 2 time(s) (retries=1); its worker died every time"]
     assert not CallLedger(retries=0).may_retry(crash, first)
+
+
+def test_a_crash_without_retries_says_how_to_have_the_chunk_run_again() -> None:
+    from conc_ml import WorkerCrashedError
+    from conc_ml._checkpoint import CallLedger
+    from conc_ml._split import Chunk
+
+    crash = WorkerCrashedError("a worker died", chunk=0)
+    CallLedger(retries=0).note_attempts(crash, Chunk(0, ([1],), 1))
+    assert len(crash.__notes__) == 1
+    assert "retries=N (in @parallel, .options() or config()) runs a chunk whose worker died again" in crash.__notes__[0]
+    # A message that already names retries= (a chunk lost to another call's timeout) gets no second hint.
+    lost = WorkerCrashedError("chunk 0 was lost (retries= runs such a chunk again)", chunk=0)
+    CallLedger(retries=0).note_attempts(lost, Chunk(0, ([1],), 1))
+    assert getattr(lost, "__notes__", []) == []

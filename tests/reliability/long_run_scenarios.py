@@ -122,6 +122,10 @@ def crashes(marker: str) -> None:
         parallel(backend="process", chunks=4, workers=2, retries=2)(exit_always)(list(range(8)))
     except WorkerCrashedError as error:
         outcome["exhausted"] = {"message": str(error), "notes": getattr(error, "__notes__", [])}
+    try:
+        parallel(backend="process", chunks=4, workers=2)(exit_always)(list(range(8)))
+    except WorkerCrashedError as error:
+        outcome["no_retries"] = {"message": str(error), "notes": getattr(error, "__notes__", [])}
     outcome["next_call"] = parallel(backend="process", chunks=4, workers=2)(sum)(list(range(8)))
     shut_down_loky()
     report(**outcome)

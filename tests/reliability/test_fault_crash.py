@@ -21,6 +21,8 @@ def crashes(run_scenario: Any) -> dict[str, Any]:
 def _chunks_named(outcome: dict[str, Any]) -> set[int]:
     named = {outcome["chunk"]}
     for note in outcome["notes"]:
+        if not note.startswith("conc-ml: chunks "):
+            continue  # another note (how retries= would run the chunk again)
         listed = note.split("conc-ml: chunks ")[1].split(" were in flight")[0]
         named |= {int(index) for index in listed.split(", ")}
     return named

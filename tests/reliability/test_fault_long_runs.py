@@ -123,3 +123,11 @@ def test_spent_retries_raise_worker_crashed_error_saying_how_many_attempts(crash
     assert len(attempts) == 1
     assert "attempted 3 time(s) (retries=2)" in attempts[0]
     assert crashes["next_call"] == [1, 5, 9, 13]
+
+
+def test_a_crash_without_retries_says_that_retries_would_run_it_again(crashes: dict[str, Any]) -> None:
+    no_retries = crashes["no_retries"]
+    assert "with exit code 3" in no_retries["message"]
+    hints = [note for note in no_retries["notes"] if "retries=N" in note]
+    assert len(hints) == 1
+    assert "runs a chunk whose worker died again" in hints[0]
