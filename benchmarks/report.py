@@ -17,7 +17,7 @@ def machine_info(workers: int) -> dict[str, Any]:
     """What the figures depend on."""
     import psutil
 
-    from conc_ml._options import usable_cpus
+    from conc_ml._system import usable_cpus
 
     try:
         commit = subprocess.run(

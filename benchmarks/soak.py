@@ -193,7 +193,7 @@ class WorkloadStats:
 
 
 def _shut_down_process_pool() -> None:
-    from conc_ml.backends._process import shut_down_pool
+    from conc_ml.backends._process._backend import shut_down_pool
 
     shut_down_pool()
 

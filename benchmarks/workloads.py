@@ -462,6 +462,6 @@ WORKLOAD_TITLES = {
 
 def cpu_count() -> int:
     """Usable CPUs (affinity- and cgroup-aware), the default pool size."""
-    from conc_ml._options import usable_cpus
+    from conc_ml._system import usable_cpus
 
     return usable_cpus()

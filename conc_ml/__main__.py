@@ -15,7 +15,7 @@ def _info() -> str:
     from threadpoolctl import threadpool_info
 
     from . import __version__
-    from ._options import usable_cpus
+    from ._system import usable_cpus
     from .backends import available_backends
 
     lines = [

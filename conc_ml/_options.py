@@ -20,13 +20,14 @@ from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
+from ._system import usable_cpus
+
 __all__ = [
     "COMBINE_NAMES",
     "ParallelOptions",
     "config",
     "current_config",
     "environment_layer",
-    "usable_cpus",
     "validate_layer",
 ]
 
@@ -67,13 +68,6 @@ class ParallelOptions:
 
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(ParallelOptions) if f.name != "settings")
-
-
-def usable_cpus() -> int:
-    """CPUs this process may use: affinity- and cgroup-quota-aware (via loky)."""
-    from .backends._process._loky import cpu_count
-
-    return max(1, int(cpu_count()))
 
 
 def _positive_int(name: str, value: object, *, allow_none: bool = True) -> int | None:

@@ -38,10 +38,11 @@ from ._options import (
     merge_layers,
     validate_layer,
 )
-from ._runner import ChunkTask, inside_worker
+from ._runner import ChunkTask
 from ._seeding import chunk_seed, root_seed_sequence
 from ._sendable import refuse_open_files
 from ._split import Chunk, in_index_order, plan_chunks
+from ._system import inside_worker
 from .backends import get_backend
 
 __all__ = ["AsyncParallelFunction", "BoundParallelFunction", "ParallelFunction", "ParallelKwargs", "parallel"]
@@ -428,8 +429,8 @@ def _completion_ordered_code() -> frozenset[types.CodeType]:
 
 def _preload_in_process_workers(func: Callable[..., Any]) -> None:
     """Before the first process call starts the fork server: have it import what ``func`` uses."""
-    from ._warm_up import modules_used_by
     from .backends._process import _forkserver
+    from .backends._process._forkserver import modules_used_by
 
     if _forkserver.started():
         return

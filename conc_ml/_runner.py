@@ -7,7 +7,6 @@ this module by reference when it unpickles a :class:`ChunkTask`.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import inspect
 import os
@@ -19,32 +18,16 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
+from ._system import in_worker_process, running_a_chunk
 from .errors import UnpicklableRemoteError
 
-__all__ = ["ChunkFailure", "ChunkOutcome", "ChunkTask", "inside_worker", "run_chunk"]
-
-_inside_worker: contextvars.ContextVar[bool] = contextvars.ContextVar("conc_ml_inside_worker", default=False)
-
-
-#: set in each process worker as it starts (see conc_ml.backends._process.prepare_worker)
-_in_worker_process = False
-
-
-def mark_worker_process() -> None:
-    """Record that this process is a process worker: a ``KeyboardInterrupt`` here is a chunk's failure."""
-    global _in_worker_process
-    _in_worker_process = True
+__all__ = ["ChunkFailure", "ChunkOutcome", "ChunkTask", "run_chunk"]
 
 
 def _interrupts_the_caller(error: BaseException) -> bool:
     # Ctrl-C in the caller's own process (sequential, thread and async backends) stops the
     # call: it must propagate, not be reported as the failure of one chunk.
-    return isinstance(error, KeyboardInterrupt) and not _in_worker_process
-
-
-def inside_worker() -> bool:
-    """Whether the current code runs inside a chunk that conc-ml started."""
-    return _inside_worker.get()
+    return isinstance(error, KeyboardInterrupt) and not in_worker_process()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -145,8 +128,7 @@ def describe_worker() -> str:
 @contextlib.contextmanager
 def _chunk_context(task: ChunkTask) -> Iterator[None]:
     """Mark the code as running in a chunk, with the caller's nesting permission."""
-    token = _inside_worker.set(True)
-    try:
+    with running_a_chunk():
         if task.allow_nested:
             from ._options import config
 
@@ -154,8 +136,6 @@ def _chunk_context(task: ChunkTask) -> Iterator[None]:
                 yield
         else:
             yield
-    finally:
-        _inside_worker.reset(token)
 
 
 def _chunk_kwargs(task: ChunkTask) -> dict[str, Any]:

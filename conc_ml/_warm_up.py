@@ -20,54 +20,12 @@ import concurrent.futures
 import contextlib
 import importlib
 import os
-import sys
-import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from .backends._process._forkserver import modules_used_by
+
 __all__ = ["modules_used_by", "warm_up"]
-
-
-def _code_names(code: types.CodeType) -> Iterator[str]:
-    yield from code.co_names
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from _code_names(const)
-
-
-def _module_of(value: Any) -> str | None:
-    if isinstance(value, types.ModuleType):
-        return value.__name__
-    module = getattr(value, "__module__", None)
-    if not isinstance(module, str):
-        module = getattr(type(value), "__module__", None)
-    return module if isinstance(module, str) else None
-
-
-def modules_used_by(func: Callable[..., Any]) -> list[str]:
-    """Names of the importable modules that ``func`` refers to (its globals, closure and own module).
-
-    :param func: a plain or ``@parallel`` function.
-    """
-    target = getattr(func, "__wrapped__", func)
-    found: set[str] = set()
-    own = getattr(target, "__module__", None)
-    if isinstance(own, str):
-        found.add(own)
-    code = getattr(target, "__code__", None)
-    namespace = getattr(target, "__globals__", {})
-    values: list[Any] = []
-    if isinstance(code, types.CodeType):
-        values += [namespace[name] for name in set(_code_names(code)) if name in namespace]
-    for cell in getattr(target, "__closure__", None) or ():
-        with contextlib.suppress(ValueError):
-            values.append(cell.cell_contents)
-    for value in values:
-        module = _module_of(value)
-        if module is not None:
-            found.add(module)
-    # ``__main__`` is the caller's script, which workers must not run again.
-    return sorted(m for m in found if m not in ("__main__", "builtins") and m in sys.modules)
 
 
 def _import_in_worker(modules: tuple[str, ...]) -> int:
@@ -107,8 +65,8 @@ def warm_up(
     :raises ValueError: if ``workers`` is not a positive integer.
     :raises TimeoutError: if the workers are not ready within ``timeout``.
     """
-    from ._options import usable_cpus
     from ._parallel import AsyncParallelFunction, ParallelFunction
+    from ._system import usable_cpus
     from .backends import get_backend
     from .backends._process import _forkserver
 

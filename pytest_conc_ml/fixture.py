@@ -480,7 +480,7 @@ def _row(
     changed: bool = False,
     note: str = "",
 ) -> Measurement:
-    from conc_ml._options import usable_cpus
+    from conc_ml._system import usable_cpus
 
     backend, workers, chunks = shape
     return Measurement(

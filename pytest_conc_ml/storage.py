@@ -44,7 +44,7 @@ def valid_run_name(name: str) -> bool:
 def machine_info() -> dict[str, Any]:
     """What the figures depend on: host, CPU counts, Python, and the main libraries' versions."""
     from conc_ml import __version__
-    from conc_ml._options import usable_cpus
+    from conc_ml._system import usable_cpus
 
     uname = platform.uname()
     info: dict[str, Any] = {

@@ -44,7 +44,7 @@ def thread_names(items: list[int]) -> list[int]:
 
 
 def where_am_i(items: list[int]) -> list[str]:
-    from conc_ml._runner import inside_worker
+    from conc_ml._system import inside_worker
 
     inner = parallel(backend="thread", chunks=2, combine="concat")(thread_names)
     names = inner(list(items))

@@ -41,7 +41,7 @@ def _builtin(module: str, cls: str) -> Callable[[], Callable[[], Backend]]:
 _registry: dict[str, _BackendEntry] = {
     "sequential": _BackendEntry(_builtin("_sequential", "SequentialBackend")),
     "thread": _BackendEntry(_builtin("_thread", "ThreadBackend")),
-    "process": _BackendEntry(_builtin("_process", "ProcessBackend"), ("joblib",), "pip install joblib"),
+    "process": _BackendEntry(_builtin("_process._backend", "ProcessBackend"), ("joblib",), "pip install joblib"),
     "async": _BackendEntry(_builtin("_async", "AsyncBackend"), ("anyio",), "pip install anyio"),
     "dask": _BackendEntry(_builtin("_dask", "DaskBackend"), ("distributed",), "pip install 'conc-ml[dask]'"),
 }

@@ -45,8 +45,8 @@ import distributed
 import numpy as np
 from distributed.scheduler import KilledWorker
 
-from .._options import usable_cpus
 from .._runner import ChunkOutcome, ChunkTask
+from .._system import usable_cpus
 from ..errors import BackendUnavailableError, WorkerCrashedError
 
 __all__ = [

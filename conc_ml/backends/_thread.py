@@ -16,7 +16,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures.thread import _worker as _stdlib_worker
 from typing import Any, ClassVar
 
-from .._options import usable_cpus
+from .._system import inner_threads
 
 __all__ = ["ABANDONED_THREADS_NOTE", "InterruptibleThreadPool", "ThreadBackend"]
 
@@ -153,7 +153,7 @@ class ThreadBackend:
 
             with self._limits_lock:
                 if not self._capped_calls:
-                    self._limits = threadpool_limits(limits=max(1, usable_cpus() // workers))
+                    self._limits = threadpool_limits(limits=inner_threads(workers))
                 self._capped_calls.add(id(executor))
         return executor
 

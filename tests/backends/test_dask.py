@@ -431,7 +431,7 @@ def test_embedded_local_cluster_starts_lazily_and_closes_at_exit(tmp_path: Path)
     lines = done.stdout.splitlines()
     assert "embedded True" in lines
     assert any(line.startswith("scheduler tcp://127.0.0.1:") for line in lines)
-    assert f"workers {conc_ml._options.usable_cpus()}" in lines
+    assert f"workers {conc_ml._system.usable_cpus()}" in lines
     assert "Traceback" not in done.stderr
 
 

@@ -71,7 +71,7 @@ def run_scenario(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def _shut_down_loky() -> None:
     # The process pool is kept warm across calls on purpose: shut it down before counting.
-    from conc_ml.backends._process import shut_down_pool
+    from conc_ml.backends._process._backend import shut_down_pool
 
     shut_down_pool()
 

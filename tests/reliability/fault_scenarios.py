@@ -33,7 +33,7 @@ def report(**fields: Any) -> None:
 
 
 def shut_down_loky() -> None:
-    from conc_ml.backends._process import shut_down_pool
+    from conc_ml.backends._process._backend import shut_down_pool
 
     shut_down_pool()
 

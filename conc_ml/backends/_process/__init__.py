@@ -10,10 +10,6 @@
 - :mod:`._loky`: the one place that touches loky, and every private attribute of it.
 
 Nothing outside this package reaches into loky; the rest of conc-ml sees the backend
-through :class:`~conc_ml.backends.Backend`.
+through :class:`~conc_ml.backends.Backend`. This file imports nothing, so that the fork
+server's program and the loky module can be imported without the backend itself.
 """
-
-from ._backend import ProcessBackend as ProcessBackend
-from ._backend import shut_down_pool as shut_down_pool
-
-__all__ = ["ProcessBackend", "shut_down_pool"]

@@ -5,7 +5,7 @@ get wrong: cloudpickle for lambdas, closures and functions defined in ``__main__
 notebooks; detection of workers that die (signal, ``os._exit``, OOM killer); and warm
 workers reused across calls, so imports and process start are paid once. BLAS/OpenMP
 pools in the workers are capped through the environment loky starts them with, so that
-workers x inner threads <= CPUs.
+workers x inner threads <= CPUs (see :mod:`conc_ml._system`).
 
 ``workers`` is a cap for the process as a whole: every calling thread and every
 concurrent ``await`` shares the one pool (recent versions of loky keep their reusable
@@ -25,13 +25,11 @@ from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import Any, ClassVar
 
-from ..._options import usable_cpus
+from ..._system import in_daemonic_process, inner_thread_env, mark_worker_process
 from ...errors import BackendUnavailableError, SerializationError, WorkerCrashedError
 
 __all__ = [
     "ProcessBackend",
-    "in_daemonic_process",
-    "inner_thread_env",
     "limit_inner_threads",
     "prepare_worker",
     "shut_down_pool",
@@ -40,22 +38,6 @@ __all__ = [
 
 #: seconds an idle worker waits for work before loky shuts it down
 IDLE_TIMEOUT = 300
-
-_THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "BLIS_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-)
-
-
-def inner_thread_env(workers: int) -> dict[str, str]:
-    """Environment capping each worker's BLAS/OpenMP threads, and joblib's CPUs, at ``CPUs // workers``."""
-    inner = str(max(1, usable_cpus() // workers))
-    # LOKY_MAX_CPU_COUNT is what joblib's cpu_count() (so n_jobs=-1) reads.
-    return dict.fromkeys((*_THREAD_VARIABLES, "LOKY_MAX_CPU_COUNT"), inner)
 
 
 def limit_inner_threads(env: dict[str, str]) -> None:
@@ -118,8 +100,6 @@ def watch_parent(interval: float = PARENT_POLL_INTERVAL) -> threading.Thread:
 
 def prepare_worker(env: dict[str, str]) -> None:
     """Run in each worker as it starts: cap its inner threads, and watch its parent."""
-    from ..._runner import mark_worker_process
-
     mark_worker_process()
     watch_parent()
     limit_inner_threads(env)
@@ -196,16 +176,6 @@ def _no_semaphores(error: OSError) -> BackendUnavailableError:
         "they live in /dev/shm, which must exist and be writable. In a container, mount it "
         "(docker run --shm-size=1g, or a tmpfs at /dev/shm); or use backend='thread'"
     )
-
-
-def in_daemonic_process() -> bool:
-    """Whether this process is a daemonic ``multiprocessing`` child (a dask task, a ``Pool`` worker).
-
-    Such a process may not start children of its own.
-    """
-    import multiprocessing
-
-    return bool(multiprocessing.current_process().daemon)
 
 
 _shared_pool = _SharedPool()

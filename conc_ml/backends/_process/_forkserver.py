@@ -30,7 +30,7 @@ standard ``"forkserver"`` context as it is:
 
 Which modules. conc-ml's own (numpy, cloudpickle, loky's worker code) always; the modules
 that the first process call's function uses (its module and the modules of the globals
-it refers to, see :func:`conc_ml._warm_up.modules_used_by`); and whatever
+it refers to, see :func:`modules_used_by`); and whatever
 :func:`conc_ml.warm_up` is given before the server starts. The server starts once per
 program, at the first process call or ``warm_up``; modules wanted later are imported by
 the workers themselves, as before.
@@ -49,6 +49,7 @@ be put in their environment.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing.connection
 import multiprocessing.context
@@ -63,10 +64,11 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+import types
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["START_METHODS", "context", "preload", "start", "start_method", "started"]
+__all__ = ["START_METHODS", "context", "modules_used_by", "preload", "start", "start_method", "started"]
 
 #: the environment variable choosing how workers start, and its values (the first is the default)
 START_METHOD_VARIABLE = "CONC_ML_START_METHOD"
@@ -315,3 +317,45 @@ _CONTEXT = _Context()
 def context() -> multiprocessing.context.BaseContext | None:
     """The context loky should start workers with; ``None`` means loky's default."""
     return _CONTEXT if start_method() == "forkserver" else None
+
+
+def _code_names(code: types.CodeType) -> Iterator[str]:
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_names(const)
+
+
+def _module_of(value: Any) -> str | None:
+    if isinstance(value, types.ModuleType):
+        return value.__name__
+    module = getattr(value, "__module__", None)
+    if not isinstance(module, str):
+        module = getattr(type(value), "__module__", None)
+    return module if isinstance(module, str) else None
+
+
+def modules_used_by(func: Callable[..., Any]) -> list[str]:
+    """Names of the importable modules that ``func`` refers to (its globals, closure and own module).
+
+    :param func: a plain or ``@parallel`` function.
+    """
+    target = getattr(func, "__wrapped__", func)
+    found: set[str] = set()
+    own = getattr(target, "__module__", None)
+    if isinstance(own, str):
+        found.add(own)
+    code = getattr(target, "__code__", None)
+    namespace = getattr(target, "__globals__", {})
+    values: list[Any] = []
+    if isinstance(code, types.CodeType):
+        values += [namespace[name] for name in set(_code_names(code)) if name in namespace]
+    for cell in getattr(target, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):
+            values.append(cell.cell_contents)
+    for value in values:
+        module = _module_of(value)
+        if module is not None:
+            found.add(module)
+    # ``__main__`` is the caller's script, which workers must not run again.
+    return sorted(m for m in found if m not in ("__main__", "builtins") and m in sys.modules)

@@ -1,0 +1,100 @@
+"""Facts about the process conc-ml runs in: its CPUs, whether it is a worker, its inner threads.
+
+The options, every backend and the plugin ask these questions; keeping the answers here,
+below all of them, lets each import them without importing the others (the options
+module and the backends would otherwise import each other). Nothing here imports
+another conc-ml module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import multiprocessing
+from collections.abc import Iterator
+
+__all__ = [
+    "THREAD_VARIABLES",
+    "in_daemonic_process",
+    "in_worker_process",
+    "inner_thread_env",
+    "inner_threads",
+    "inside_worker",
+    "mark_worker_process",
+    "running_a_chunk",
+    "usable_cpus",
+]
+
+#: environment variables that size the thread pools of BLAS, OpenMP and numexpr
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: affinity- and cgroup-quota-aware (via loky)."""
+    # loky's count reads the affinity mask and the cgroup CPU quota, which os.cpu_count()
+    # ignores; it is a public function of the copy of loky that the process backend uses.
+    from .backends._process._loky import cpu_count
+
+    return max(1, int(cpu_count()))
+
+
+def inner_threads(workers: int) -> int:
+    """BLAS/OpenMP threads each of ``workers`` workers may use: ``CPUs // workers``, at least 1.
+
+    So that workers x inner threads <= CPUs, and no call oversubscribes the machine.
+    """
+    return max(1, usable_cpus() // workers)
+
+
+def inner_thread_env(workers: int) -> dict[str, str]:
+    """Environment capping each worker's BLAS/OpenMP threads, and joblib's CPUs, at :func:`inner_threads`."""
+    # LOKY_MAX_CPU_COUNT is what joblib's cpu_count() (so n_jobs=-1) reads.
+    return dict.fromkeys((*THREAD_VARIABLES, "LOKY_MAX_CPU_COUNT"), str(inner_threads(workers)))
+
+
+_inside_worker: contextvars.ContextVar[bool] = contextvars.ContextVar("conc_ml_inside_worker", default=False)
+
+
+def inside_worker() -> bool:
+    """Whether the current code runs inside a chunk that conc-ml started."""
+    return _inside_worker.get()
+
+
+@contextlib.contextmanager
+def running_a_chunk() -> Iterator[None]:
+    """Mark the code run inside the block as a chunk's (see :func:`inside_worker`)."""
+    token = _inside_worker.set(True)
+    try:
+        yield
+    finally:
+        _inside_worker.reset(token)
+
+
+#: set in each process worker as it starts (see conc_ml.backends._process._backend.prepare_worker)
+_in_worker_process = False
+
+
+def mark_worker_process() -> None:
+    """Record that this process is a process worker: a ``KeyboardInterrupt`` here is a chunk's failure."""
+    global _in_worker_process
+    _in_worker_process = True
+
+
+def in_worker_process() -> bool:
+    """Whether this process is one of the process backend's workers."""
+    return _in_worker_process
+
+
+def in_daemonic_process() -> bool:
+    """Whether this process is a daemonic ``multiprocessing`` child (a dask task, a ``Pool`` worker).
+
+    Such a process may not start children of its own.
+    """
+    return bool(multiprocessing.current_process().daemon)
