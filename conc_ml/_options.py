@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
-from ._system import usable_cpus
+from ._system import nested_calls_allowed, usable_cpus
 
 __all__ = [
     "COMBINE_NAMES",
@@ -209,8 +209,15 @@ _config_layer: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.Co
 
 
 def current_config() -> Mapping[str, Any]:
-    """The options set by the innermost ``config()`` block in this context."""
-    return _config_layer.get() or {}
+    """The options set by the innermost ``config()`` block in this context.
+
+    Inside a chunk of a call made with ``allow_nested=True``, the code runs as if inside
+    ``config(allow_nested=True)``, unless a ``config()`` block of its own says otherwise.
+    """
+    layer = _config_layer.get() or {}
+    if "allow_nested" not in layer and nested_calls_allowed():
+        return {**layer, "allow_nested": True}
+    return layer
 
 
 @contextlib.contextmanager

@@ -128,14 +128,8 @@ def describe_worker() -> str:
 @contextlib.contextmanager
 def _chunk_context(task: ChunkTask) -> Iterator[None]:
     """Mark the code as running in a chunk, with the caller's nesting permission."""
-    with running_a_chunk():
-        if task.allow_nested:
-            from ._options import config
-
-            with config(allow_nested=True):
-                yield
-        else:
-            yield
+    with running_a_chunk(allow_nested=task.allow_nested):
+        yield
 
 
 def _chunk_kwargs(task: ChunkTask) -> dict[str, Any]:

@@ -21,6 +21,7 @@ __all__ = [
     "inner_threads",
     "inside_worker",
     "mark_worker_process",
+    "nested_calls_allowed",
     "running_a_chunk",
     "usable_cpus",
 ]
@@ -60,6 +61,7 @@ def inner_thread_env(workers: int) -> dict[str, str]:
 
 
 _inside_worker: contextvars.ContextVar[bool] = contextvars.ContextVar("conc_ml_inside_worker", default=False)
+_nested_allowed: contextvars.ContextVar[bool] = contextvars.ContextVar("conc_ml_nested_allowed", default=False)
 
 
 def inside_worker() -> bool:
@@ -67,14 +69,29 @@ def inside_worker() -> bool:
     return _inside_worker.get()
 
 
+def nested_calls_allowed() -> bool:
+    """Whether the chunk running here was started by a call with ``allow_nested=True``.
+
+    Its own ``@parallel`` calls then run in parallel too, as if inside
+    ``config(allow_nested=True)`` (see :func:`conc_ml._options.current_config`).
+    """
+    return _nested_allowed.get()
+
+
 @contextlib.contextmanager
-def running_a_chunk() -> Iterator[None]:
-    """Mark the code run inside the block as a chunk's (see :func:`inside_worker`)."""
-    token = _inside_worker.set(True)
+def running_a_chunk(*, allow_nested: bool = False) -> Iterator[None]:
+    """Mark the code run inside the block as a chunk's (see :func:`inside_worker`).
+
+    :param allow_nested: the call that started the chunk let its chunks run ``@parallel``
+        calls in parallel.
+    """
+    inside = _inside_worker.set(True)
+    nested = _nested_allowed.set(allow_nested)
     try:
         yield
     finally:
-        _inside_worker.reset(token)
+        _nested_allowed.reset(nested)
+        _inside_worker.reset(inside)
 
 
 #: set in each process worker as it starts (see conc_ml.backends._process._backend.prepare_worker)
