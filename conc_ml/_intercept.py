@@ -81,28 +81,25 @@ class InterceptedCall:
         Lazy chunks are lists, so cutting the materialised list gives the same chunks. An
         iterator passed whole (not split) cannot be given twice: then ``None``.
         """
-        from ._parallel import _resolve_split_names
         from ._split import is_lazy_iterable
 
-        function = self.function
+        signature = self.function._call_signature
         try:
-            bound = function._call_signature.bind(*self.args, **self.kwargs)
-            split_names = _resolve_split_names(
-                function._signature, self.options.split, function._name, function._method_kind
-            )
+            bound = signature.bind(self.args, self.kwargs, apply_defaults=False)
+            split_names = signature.split_names(self.options.split)
         except (TypeError, ValueError):
             return self  # the run raises the user's error
-        changed = False
-        for split_name in split_names:
-            value = bound.arguments.get(split_name)
-            if value is not None and is_lazy_iterable(value):
-                bound.arguments[split_name] = list(value)
-                changed = True
+        lists = {
+            name: list(value)
+            for name in split_names
+            if (value := bound.arguments.get(name)) is not None and is_lazy_iterable(value)
+        }
         if any(isinstance(v, Iterator) for k, v in bound.arguments.items() if k not in split_names):
             return None
-        if not changed:
+        if not lists:
             return self
-        return InterceptedCall(function, tuple(bound.args), dict(bound.kwargs), self.options)
+        args, kwargs = bound.replace(lists).args_and_kwargs()
+        return InterceptedCall(self.function, args, kwargs, self.options)
 
 
 Interceptor = Callable[[InterceptedCall], Any]

@@ -25,9 +25,10 @@ from typing import (
 )
 
 from . import _intercept
+from ._call import CallSignature
 from ._checkpoint import open_ledger
 from ._engine import PreparedCall, run_call, run_call_async, stream_call, stream_call_async
-from ._methods import MethodKind, bind_target, implicit_parameter, unwrap_method
+from ._methods import MethodKind, bind_target, unwrap_method
 from ._options import (
     Combine,
     ParallelOptions,
@@ -51,9 +52,6 @@ P = ParamSpec("P")
 Q = ParamSpec("Q")
 R = TypeVar("R")
 
-#: the parameter that receives each chunk's random ``Generator``
-RNG_PARAMETER = "rng"
-
 #: a ``@parallel`` function, sync or ``async def`` (the only two kinds ever created)
 _Decorated: TypeAlias = "ParallelFunction[..., Any] | AsyncParallelFunction[..., Any]"
 
@@ -72,67 +70,6 @@ class ParallelKwargs(TypedDict, total=False):
     progress: bool
     retries: int
     checkpoint: str | os.PathLike[str] | None
-
-
-def _resolve_split_names(
-    signature: inspect.Signature, split: Split, func_name: str, method_kind: MethodKind = MethodKind.FUNCTION
-) -> tuple[str, ...]:
-    # A method's instance (or class) is never data: positions and the default skip it.
-    implicit = implicit_parameter(signature, method_kind)
-    params = [p for p in signature.parameters.values() if p.name != implicit]
-    splittable = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != RNG_PARAMETER]
-    if split is None:
-        if not splittable:
-            raise TypeError(f"@parallel needs a parameter to split, but {func_name}() has none")
-        return (splittable[0].name,)
-    if isinstance(split, int):
-        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        if split >= len(positional):
-            raise ValueError(f"split={split} but {func_name}() has {len(positional)} positional parameter(s)")
-        split = positional[split].name
-    names = (split,) if isinstance(split, str) else split
-    allowed = [p.name for p in splittable]
-    for name in names:
-        if name not in allowed:
-            raise ValueError(
-                f"split names {name!r}, which is not a parameter of {func_name}() that can be split; "
-                f"expected one of: {', '.join(allowed)}"
-            )
-    return tuple(names)
-
-
-def _signature_without_rng(signature: inspect.Signature, func_name: str) -> inspect.Signature:
-    params = list(signature.parameters.values())
-    rng = signature.parameters[RNG_PARAMETER]
-    if rng.kind is rng.POSITIONAL_ONLY or (
-        rng.kind is rng.POSITIONAL_OR_KEYWORD and any(p.kind is p.VAR_POSITIONAL for p in params)
-    ):
-        raise TypeError(
-            f"{func_name}(): the {RNG_PARAMETER!r} parameter must be passable by keyword (after *args, or "
-            "keyword-only), since conc-ml supplies it for each chunk"
-        )
-    return signature.replace(parameters=[p for p in params if p.name != RNG_PARAMETER])
-
-
-def _split_for_keyword_call(
-    signature: inspect.Signature, arguments: dict[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Arguments as a call that passes all it can by keyword (``rng`` joins as a keyword)."""
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    for name, param in signature.parameters.items():
-        if name not in arguments:
-            continue
-        value = arguments[name]
-        if param.kind is param.POSITIONAL_ONLY:
-            args.append(value)
-        elif param.kind is param.VAR_POSITIONAL:
-            args.extend(value)
-        elif param.kind is param.VAR_KEYWORD:
-            kwargs.update(value)
-        else:
-            kwargs[name] = value
-    return tuple(args), kwargs
 
 
 class _ParallelBase(Generic[P, R]):
@@ -158,15 +95,10 @@ class _ParallelBase(Generic[P, R]):
         self.__wrapped__: Callable[P, Any] = func
         self._layer = layer
         self._overrides = overrides or {}
-        self._signature = inspect.signature(func)
         self._name = getattr(func, "__qualname__", repr(func))
-        self._rng_param = RNG_PARAMETER if RNG_PARAMETER in self._signature.parameters else None
-        # Callers never pass ``rng``: bind their arguments against the signature without it.
-        self._call_signature = self._signature
-        if self._rng_param is not None:
-            self._call_signature = _signature_without_rng(self._signature, self._name)
+        self._call_signature = CallSignature.of(func, self._name, method_kind)
         # Fail at decoration time on a split that names no parameter (or no parameter at all).
-        _resolve_split_names(self._signature, {**layer, **self._overrides}.get("split"), self._name, method_kind)
+        self._call_signature.split_names({**layer, **self._overrides}.get("split"))
 
     def __repr__(self) -> str:
         return f"<parallel function {self._name} {self._layer}>"
@@ -243,16 +175,11 @@ class _ParallelBase(Generic[P, R]):
     def _prepare(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], options: ParallelOptions, forced_backend: str | None
     ) -> PreparedCall:
-        if self._rng_param is not None and self._rng_param in kwargs:
-            raise TypeError(
-                f"{self._name}() got an explicit {self._rng_param!r}; conc-ml gives each chunk its own "
-                f"Generator. Pass seed= to @parallel, .options() or config() instead"
-            )
-        bound = self._call_signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        names = _resolve_split_names(self._signature, options.split, self._name, self._method_kind)
-        values = [bound.arguments[name] for name in names]
-        if self._rng_param is not None:
+        bound = self._call_signature.bind(args, kwargs)
+        names = self._call_signature.split_names(options.split)
+        values = bound.values(names)
+        rng_param = self._call_signature.rng_param
+        if rng_param is not None:
             # Random streams are keyed by chunk position: give them input positions.
             values = [_in_input_order(value) for value in values]
         workers = options.resolved_workers()
@@ -263,34 +190,12 @@ class _ParallelBase(Generic[P, R]):
             refuse_open_files(bound.arguments, self._name, backend_name)
         if backend_name == "process":
             _preload_in_process_workers(self.__wrapped__)
-        root = root_seed_sequence(options.seed) if self._rng_param is not None else None
-        arguments = dict(bound.arguments)
-        signature = self._call_signature
-        func = self.__wrapped__
-        rng_param = self._rng_param
-        # A keyword-only ``rng`` leaves the positional layout alone: bind as usual. One that
-        # could be passed by position sits among the positionals: pass all by keyword.
-        by_keyword = rng_param is not None and self._signature.parameters[rng_param].kind is not (
-            inspect.Parameter.KEYWORD_ONLY
-        )
+        root = root_seed_sequence(options.seed) if rng_param is not None else None
         allow_nested = bool(options.settings.get("allow_nested", False))
 
         def make_task(chunk: Chunk) -> ChunkTask:
-            chunk_arguments = {**arguments, **dict(zip(names, chunk.values, strict=True))}
-            if not by_keyword:
-                chunk_bound = inspect.BoundArguments(signature, chunk_arguments)
-                task_args, task_kwargs = chunk_bound.args, chunk_bound.kwargs
-            else:
-                task_args, task_kwargs = _split_for_keyword_call(signature, chunk_arguments)
-            return ChunkTask(
-                func=func,
-                args=task_args,
-                kwargs=task_kwargs,
-                index=chunk.index,
-                seed=None if root is None else chunk_seed(root, chunk.index),
-                rng_param=rng_param,
-                allow_nested=allow_nested,
-            )
+            seed = None if root is None else chunk_seed(root, chunk.index)
+            return bound.task(chunk.index, names, chunk.values, seed=seed, allow_nested=allow_nested)
 
         return PreparedCall(
             function_name=self._name,
@@ -300,12 +205,12 @@ class _ParallelBase(Generic[P, R]):
             workers=workers,
             plan=plan,
             make_task=make_task,
-            function=func,
+            function=self.__wrapped__,
             ledger=open_ledger(
                 options,
-                func=func,
+                func=self.__wrapped__,
                 function_name=self._name,
-                arguments=arguments,
+                arguments=bound.arguments,
                 split_names=names,
                 root=root,
                 # ``.sequential`` is the reference a resumed run is checked against: it computes.

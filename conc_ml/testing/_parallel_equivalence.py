@@ -142,12 +142,13 @@ def assert_parallel_equivalent(
     worker_counts = _choices("workers", workers, single=(int,))
     chunk_counts = _choices("chunks", chunks, single=(int,))
     name = getattr(func.__wrapped__, "__qualname__", repr(func.__wrapped__))
-    if seed is None and func._rng_param is not None:
+    rng_param = func._call_signature.rng_param
+    if seed is None and rng_param is not None:
         raise ValueError(
-            f"{name}() takes {func._rng_param!r}, so seed=None would give every run fresh random streams and "
+            f"{name}() takes {rng_param!r}, so seed=None would give every run fresh random streams and "
             "no two runs could agree; pass an int seed"
         )
-    bound = func._call_signature.bind(*args, **kwargs)
+    bound = func._call_signature.bind(args, kwargs, apply_defaults=False)
     for parameter, value in bound.arguments.items():
         if isinstance(value, Iterator):
             raise TypeError(
@@ -221,9 +222,10 @@ def _run_parallel(variant: _Decorated, args: tuple[Any, ...], kwargs: dict[str, 
 
 
 def _call_whole(func: _Decorated, args: tuple[Any, ...], kwargs: dict[str, Any], seed: Seed) -> Any:
-    if func._rng_param is not None:
+    rng_param = func._call_signature.rng_param
+    if rng_param is not None:
         # The stream chunk 0 gets: a one-chunk call then matches the whole call exactly.
-        kwargs = {**kwargs, func._rng_param: np.random.default_rng(chunk_seed(root_seed_sequence(seed), 0))}
+        kwargs = {**kwargs, rng_param: np.random.default_rng(chunk_seed(root_seed_sequence(seed), 0))}
     return _resolve(func.__wrapped__(*args, **kwargs), func.is_async)
 
 
