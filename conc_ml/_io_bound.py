@@ -32,7 +32,6 @@ import functools
 import heapq
 import inspect
 import math
-import numbers
 import operator
 import queue
 import random
@@ -49,6 +48,7 @@ from anyio.lowlevel import RunVar
 
 from ._interrupts import InterruptWatch
 from ._methods import MethodKind, bind_target, unwrap_method
+from ._validate import integer, number, optional_number
 from .backends._thread import ABANDONED_THREADS_NOTE, InterruptibleThreadPool
 
 __all__ = ["AsyncIOBoundFunction", "IOBoundFunction", "IOBoundOptions", "io_bound"]
@@ -164,25 +164,6 @@ class RetryState:
         return delay
 
 
-def _number(name: str, value: object, *, minimum: float, inclusive: bool, allow_none: bool) -> float | None:
-    allowed = f"a number {'>=' if inclusive else '>'} {minimum:g}" + (" or None" if allow_none else "")
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"@io_bound: {name} must be {allowed}, not {type(value).__name__} {value!r}")
-    if math.isnan(value) or value < minimum or (value == minimum and not inclusive):
-        raise ValueError(f"@io_bound: {name} must be {allowed}, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"@io_bound: {name} must be an int >= {minimum}, not {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"@io_bound: {name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _exception_types(value: object) -> tuple[type[Exception], ...]:
     types = value if isinstance(value, tuple | list) else (value,)
     for entry in types:
@@ -209,12 +190,12 @@ def validate_options(
     :raises ValueError: on a value out of range (``concurrency=0``, a negative timeout).
     """
     return IOBoundOptions(
-        concurrency=_count("concurrency", concurrency, minimum=1),
-        timeout=_number("timeout", timeout, minimum=0, inclusive=False, allow_none=True),
-        retries=_count("retries", retries, minimum=0),
-        backoff=_number("backoff", backoff, minimum=0, inclusive=True, allow_none=False) or 0.0,
+        concurrency=integer(concurrency, "@io_bound: concurrency", minimum=1),
+        timeout=optional_number(timeout, "@io_bound: timeout", minimum=0, inclusive=False),
+        retries=integer(retries, "@io_bound: retries", minimum=0),
+        backoff=number(backoff, "@io_bound: backoff", minimum=0),
         retry_on=_exception_types(retry_on),
-        rate=_number("rate", rate, minimum=0, inclusive=False, allow_none=True),
+        rate=optional_number(rate, "@io_bound: rate", minimum=0, inclusive=False),
     )
 
 

@@ -12,15 +12,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import math
 import numbers
 import os
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, cast
 
 import numpy as np
 
 from ._system import nested_calls_allowed, usable_cpus
+from ._validate import flag, integer, optional_integer, optional_number
 
 __all__ = [
     "COMBINE_NAMES",
@@ -70,16 +70,6 @@ class ParallelOptions:
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(ParallelOptions) if f.name != "settings")
 
 
-def _positive_int(name: str, value: object, *, allow_none: bool = True) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int or None, not {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    return int(value)
-
-
 def validate_layer(layer: Mapping[str, Any], *, where: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """Check one layer of options and return it as a plain dict.
 
@@ -98,61 +88,65 @@ def validate_layer(layer: Mapping[str, Any], *, where: str, extra: tuple[str, ..
             f"expected some of: {', '.join(allowed)}"
         )
     out = dict(layer)
-    if "backend" in out:
-        backend = out["backend"]
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a str naming a backend, not {type(backend).__name__}")
-        if backend != "auto":
-            from .backends import check_backend_name
-
-            check_backend_name(backend)
-    for name in ("chunks", "chunk_size", "workers"):
+    for name, check in _CHECKS.items():
         if name in out:
-            out[name] = _positive_int(name, out[name])
+            out[name] = check(out[name])
     if out.get("chunks") is not None and out.get("chunk_size") is not None:
         raise ValueError("chunks and chunk_size are exclusive; give one of them")
-    if "split" in out:
-        out["split"] = _validate_split(out["split"])
-    if "combine" in out:
-        combine = out["combine"]
-        if not callable(combine) and combine not in COMBINE_NAMES:
-            raise ValueError(
-                f"combine must be one of {', '.join(map(repr, COMBINE_NAMES))} or a callable "
-                f"taking the list of chunk results, got {combine!r}"
-            )
-    if "seed" in out:
-        seed = out["seed"]
-        if seed is not None and not isinstance(seed, np.random.SeedSequence):
-            seed_rule = "seed must be an int >= 0, a numpy.random.SeedSequence or None"
-            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-                raise TypeError(f"{seed_rule}, got {type(seed).__name__} {seed!r}")
-            if seed < 0:
-                raise ValueError(f"{seed_rule}, got {seed!r} (numpy's SeedSequence takes no negative entropy)")
-            out["seed"] = int(seed)
-    if "timeout" in out:
-        timeout = out["timeout"]
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-                raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-            if not 0 < float(timeout) < math.inf:
-                raise ValueError(
-                    f"timeout must be a finite number of seconds > 0 (or None for no limit), got {timeout!r}"
-                )
-            out["timeout"] = float(timeout)
-    if "progress" in out and not isinstance(out["progress"], bool):
-        raise TypeError(f"progress must be True or False, not {out['progress']!r}")
-    if "retries" in out:
-        retries = out["retries"]
-        if isinstance(retries, bool) or not isinstance(retries, numbers.Integral):
-            raise TypeError(f"retries must be an int >= 0 (0: no retry), not {type(retries).__name__} {retries!r}")
-        if retries < 0:
-            raise ValueError(f"retries must be an int >= 0 (0: no retry), got {retries!r}")
-        out["retries"] = int(retries)
-    if "checkpoint" in out:
-        out["checkpoint"] = _validate_checkpoint(out["checkpoint"])
-    if "allow_nested" in out and not isinstance(out["allow_nested"], bool):
-        raise TypeError(f"allow_nested must be True or False, not {out['allow_nested']!r}")
     return out
+
+
+def _validate_backend(backend: object) -> str:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str naming a backend, not {type(backend).__name__}")
+    if backend != "auto":
+        from .backends import check_backend_name
+
+        check_backend_name(backend)
+    return backend
+
+
+def _validate_size(name: str) -> Callable[[object], int | None]:
+    def check(value: object) -> int | None:
+        return optional_integer(value, name, minimum=1, rule="a positive int or None")
+
+    return check
+
+
+def _validate_combine(combine: object) -> Combine:
+    if not callable(combine) and combine not in COMBINE_NAMES:
+        raise ValueError(
+            f"combine must be one of {', '.join(map(repr, COMBINE_NAMES))} or a callable "
+            f"taking the list of chunk results, got {combine!r}"
+        )
+    return cast(Combine, combine)
+
+
+def _validate_seed(seed: object) -> Seed:
+    if seed is None or isinstance(seed, np.random.SeedSequence):
+        return seed
+    seed_rule = "seed must be an int >= 0, a numpy.random.SeedSequence or None"
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{seed_rule}, got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{seed_rule}, got {seed!r} (numpy's SeedSequence takes no negative entropy)")
+    return int(seed)
+
+
+def _validate_timeout(timeout: object) -> float | None:
+    return optional_number(
+        timeout,
+        "timeout",
+        minimum=0,
+        inclusive=False,
+        finite=True,
+        rule="a finite number of seconds > 0 (or None for no limit)",
+        type_rule="a number of seconds or None",
+    )
+
+
+def _validate_retries(retries: object) -> int:
+    return integer(retries, "retries", minimum=0, rule="an int >= 0 (0: no retry)")
 
 
 def _validate_checkpoint(checkpoint: object) -> str | os.PathLike[str] | None:
@@ -183,6 +177,23 @@ def _validate_split(split: object) -> Split:
             raise ValueError(f"split names must be distinct, got {split!r}")
         return tuple(split)
     raise TypeError(f"split must be a parameter name, a position or a tuple of names, not {type(split).__name__}")
+
+
+#: each option's check, in the order they run (the first bad value is the one reported)
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "backend": _validate_backend,
+    "chunks": _validate_size("chunks"),
+    "chunk_size": _validate_size("chunk_size"),
+    "workers": _validate_size("workers"),
+    "split": _validate_split,
+    "combine": _validate_combine,
+    "seed": _validate_seed,
+    "timeout": _validate_timeout,
+    "progress": lambda value: flag(value, "progress"),
+    "retries": _validate_retries,
+    "checkpoint": _validate_checkpoint,
+    "allow_nested": lambda value: flag(value, "allow_nested"),
+}
 
 
 def environment_layer() -> dict[str, Any]:

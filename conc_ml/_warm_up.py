@@ -67,6 +67,7 @@ def warm_up(
     """
     from ._parallel import AsyncParallelFunction, ParallelFunction
     from ._system import usable_cpus
+    from ._validate import integer
     from .backends import get_backend
     from .backends._process import _forkserver
 
@@ -77,8 +78,10 @@ def warm_up(
             if isinstance(first, ParallelFunction | AsyncParallelFunction)
             else usable_cpus()
         )
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    try:
+        workers = integer(workers, "workers", minimum=1, rule="a positive integer")
+    except TypeError as error:
+        raise ValueError(str(error)) from None  # as documented: any pool size that is not allowed
     names = {name for func in functions for name in modules_used_by(func)}
     names.update(modules)
     wanted = tuple(sorted(names))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import numbers
 import reprlib
 import sys
 from collections import OrderedDict
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _validate
 from ..errors import ParityError
 
 __all__ = ["Comparison", "Difference", "assert_equivalent", "check_tolerances", "compare_results", "find_difference"]
@@ -81,15 +81,13 @@ def check_tolerances(rtol: object, atol: object) -> tuple[float, float]:
     :raises TypeError: if one is not a real number (or is a bool).
     :raises ValueError: if one is negative, NaN or infinite.
     """
-    out = []
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{name} must be a non-negative real number, not {type(value).__name__} {value!r}")
-        number = float(value)
-        if not (math.isfinite(number) and number >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        out.append(number)
-    return out[0], out[1]
+    rtol, atol = (
+        _validate.number(
+            value, name, minimum=0, finite=True, rule="a finite number >= 0", type_rule="a non-negative real number"
+        )
+        for name, value in (("rtol", rtol), ("atol", atol))
+    )
+    return rtol, atol
 
 
 def _type_name(obj: object) -> str:

@@ -47,6 +47,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from .._options import validate_layer
+from .._validate import integer
 from ._parallel_equivalence import DEFAULT_BACKENDS
 
 __all__ = ["SPLITTABLE_KINDS", "parallel_configs", "splittable"]
@@ -57,14 +58,6 @@ SPLITTABLE_KINDS = ("array", "list", "tuple", "series", "dataframe", "sparse")
 #: how a drawn array is laid out in memory (the first is where shrinking goes)
 _LAYOUTS = ("contiguous", "reversed", "strided", "fortran")
 _SPARSE_FORMATS = ("csr_matrix", "csr_array", "csc_matrix")
-
-
-def _count(name: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, not {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def parallel_configs(
@@ -96,9 +89,9 @@ def parallel_configs(
         raise ValueError(f"backends must name at least one backend, e.g. {DEFAULT_BACKENDS}")
     for name in names:
         validate_layer({"backend": name}, where="parallel_configs()")
-    chunk_limit = _count("max_chunks", max_chunks, minimum=1)
-    worker_floor = _count("min_workers", min_workers, minimum=1)
-    worker_limit = _count("max_workers", max_workers, minimum=worker_floor)
+    chunk_limit = integer(max_chunks, "max_chunks", minimum=1)
+    worker_floor = integer(min_workers, "min_workers", minimum=1)
+    worker_limit = integer(max_workers, "max_workers", minimum=worker_floor)
     fields: dict[str, st.SearchStrategy[Any]] = {
         "backend": st.sampled_from(names),
         "chunks": st.none() | st.integers(1, chunk_limit),
@@ -143,8 +136,8 @@ def splittable(
     unknown = [k for k in kind_names if k not in SPLITTABLE_KINDS]
     if not kind_names or unknown:
         raise ValueError(f"kinds must be a non-empty selection of {', '.join(SPLITTABLE_KINDS)}; got {kind_names!r}")
-    low = _count("min_rows", min_rows, minimum=0)
-    high = _count("max_rows", max_rows, minimum=low)
+    low = integer(min_rows, "min_rows", minimum=0)
+    high = integer(max_rows, "max_rows", minimum=low)
     if not isinstance(row_shape, tuple) or not all(
         isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0 for n in row_shape
     ):
