@@ -9,7 +9,7 @@ asks on closing whether one came.
 
 The handler is installed only in the main thread and only over Python's default one: a
 program with its own SIGINT handler keeps it (its streams then treat Ctrl-C in the loop
-body as a ``break``, as before).
+body as a ``break``, as any generator does).
 """
 
 from __future__ import annotations

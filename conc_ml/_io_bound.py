@@ -22,6 +22,7 @@ whatever the calls are blocked in.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import collections
 import concurrent.futures
@@ -333,7 +334,7 @@ async def _call_in_pool(
     return future.result()
 
 
-class _IOBoundBase(Generic[P, R]):
+class _IOBoundBase(abc.ABC, Generic[P, R]):
     def __init__(self, func: Callable[P, Any], options: IOBoundOptions):
         # The base has no __call__ (each subclass defines its own), which typeshed expects here.
         functools.update_wrapper(self, func)  # type: ignore[arg-type]
@@ -450,9 +451,9 @@ class _IOBoundBase(Generic[P, R]):
             else:
                 return ItemOutcome(index, value, None, retry.attempts)
 
+    @abc.abstractmethod
     def _runner(self) -> contextlib.AbstractAsyncContextManager[CallRunner]:
         """What runs one call of an async map: in this event loop, or on a thread."""
-        raise NotImplementedError  # each subclass says
 
     _runs_in_threads = False
 

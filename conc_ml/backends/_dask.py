@@ -321,11 +321,6 @@ class DaskExecutor(concurrent.futures.Executor):
         self._submitted: list[distributed.Future[Any]] = []
         self._shut_down = False
 
-    @property
-    def scattered_count(self) -> int:
-        """How many distinct arguments this call has scattered so far."""
-        return len(self._scattered)
-
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
         """Submit ``fn(task)`` (the engine's :func:`~conc_ml._runner.run_chunk`) as a dask task.
 

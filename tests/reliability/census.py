@@ -22,7 +22,7 @@ SHM_FOLDER = "/dev/shm"
 
 
 def _owned_name_prefixes(pid: int) -> tuple[str, ...]:
-    # conc-ml's segments (issue 6), loky's semaphores and loky's temporary folders.
+    # conc-ml's shared-memory segments, loky's semaphores and loky's temporary folders.
     return (f"conc-ml-{pid}-", f"sem.loky-{pid}-", f"loky-{pid}-")
 
 

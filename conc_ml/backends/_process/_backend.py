@@ -195,8 +195,8 @@ class ProcessBackend:
     name: ClassVar[str] = "process"
     crosses_processes: ClassVar[bool] = True
     can_stop_running: ClassVar[bool] = True
-    # issue 6: four chunks queued per worker keep the pool busy while results travel back;
-    # with two, many small chunks waited on the caller's round trips (8 chunks: 33 -> 20 ms).
+    # Four chunks queued per worker keep the pool busy while results travel back; with two,
+    # many small chunks waited on the caller's round trips (8 chunks: 33 -> 20 ms).
     max_in_flight_per_worker: ClassVar[int] = 4
 
     def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:
@@ -207,7 +207,8 @@ class ProcessBackend:
             # As joblib does: the chunks run one after another here, like a nested call in a worker.
             return InlineExecutor()
         pool = _shared_pool.lend(workers)
-        # issue 6: large numpy arguments travel through shared memory (see conc_ml.backends._process._shared_memory).
+        # Large numpy arguments and results travel through shared memory, not the pipe: copying
+        # them through it costs more than the chunk's work (see ._shared_memory).
         return SharingExecutor(pool)
 
     def release(self, executor: Executor, *, abort: bool, stop_running: bool) -> None:

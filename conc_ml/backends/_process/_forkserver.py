@@ -33,7 +33,7 @@ that the first process call's function uses (its module and the modules of the g
 it refers to, see :func:`modules_used_by`); and whatever
 :func:`conc_ml.warm_up` is given before the server starts. The server starts once per
 program, at the first process call or ``warm_up``; modules wanted later are imported by
-the workers themselves, as before.
+the workers themselves, when they unpickle what needs them.
 
 Fork safety. The server is a single-threaded process that does nothing but import and
 fork: no thread holds a lock when it forks. (It may hold the idle thread pool of a BLAS

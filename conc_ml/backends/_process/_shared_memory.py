@@ -31,7 +31,7 @@ chunk reads only part of the array.
 Results. A worker writes each large array of its result into a new segment; the caller
 maps it writable and deletes its file at once, so the array is the caller's alone and its
 memory is freed when the caller drops it. A result that cannot get a segment (no room) is
-pickled as before.
+pickled into the pipe with the rest of the outcome.
 
 Cleanup. Segments belong to the caller's process. A call's segments that are not cached
 are deleted when the call ends and every chunk that uses them is done (a worker that dies
@@ -816,7 +816,7 @@ class _ResultPickler(cloudpickle.Pickler):  # type: ignore[misc]
         nbytes = array.nbytes
         free = _shm_free_bytes()
         if free is None or free < nbytes + SHM_HEADROOM:
-            return None  # no room: pickled through the pipe as before
+            return None  # no room: pickled into the pipe like any other object
         path = f"{self._prefix}{secrets.token_hex(8)}"
         fd = -1
         try:
