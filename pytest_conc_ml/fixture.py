@@ -3,15 +3,18 @@
 The same protocol serves calls intercepted under ``--conc-bench`` and explicit
 ``conc_bench(func, ...)`` calls. First the call as written runs, once, on the test's own
 arguments (with a pinned seed): the test receives its result and its arguments end as it
-leaves them. Every other run works on a deep copy of the arguments taken before that call:
+leaves them. The checks that follow run at once for the fixture, and after the test's body
+for an intercepted call (a :class:`Deferred`, comparing snapshots of what the call as
+written gave the test). Every other run works on a deep copy of the arguments taken before that call:
 for each configuration (the call's own, or each backend x workers of a sweep) it runs, per
 round, the parallel path and then ``.sequential`` with the same seed, checks that the two
 results, and the arguments the two runs leave, are equivalent, and times both. The call
 as written is also held against a sequential run of its own configuration. Rounds
 alternate the two sides so that a slow drift of the machine weighs on both alike.
 
-``async def`` functions are benchmarked in the caller's event loop: the intercepted call
-returns a coroutine that awaits every round, so an async test sees an awaitable as usual.
+For ``async def`` functions the intercepted call returns a coroutine, so an async test
+sees an awaitable as usual: it runs the call as written in the test's event loop; the
+deferred checks run later in a loop of their own, on the same library (asyncio or trio).
 """
 
 from __future__ import annotations
@@ -33,11 +36,15 @@ from .stats import Measurement, Parity, Stats
 if TYPE_CHECKING:
     from conc_ml._intercept import InterceptedCall
 
-__all__ = ["BenchPlan", "ConcBench", "Recorder", "benchmark_call"]
+__all__ = ["BenchPlan", "ConcBench", "Deferred", "Recorder", "benchmark_call"]
 
 #: a step of the protocol: the function to run (``call.run`` or ``call.run_sequential``) and its overrides
 Step = tuple[Callable[..., Any], dict[str, Any]]
 Protocol = Generator[Step, tuple[Any, float], Any]
+#: the positional and keyword arguments of a call
+Arguments = tuple[tuple[Any, ...], dict[str, Any]]
+#: backend, workers and chunk count of a run
+Shape = tuple[str, int, int | None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -165,7 +172,15 @@ def _merge_into(row: Measurement, later: Measurement) -> None:
     row.parity = Parity(ok, row.parity.rtol, row.parity.atol, max(differences) if differences else None)
 
 
-def benchmark_call(call: InterceptedCall, plan: BenchPlan, recorder: Recorder, name: str, site: str = "") -> Any:
+def benchmark_call(
+    call: InterceptedCall,
+    plan: BenchPlan,
+    recorder: Recorder,
+    name: str,
+    site: str = "",
+    *,
+    defer: Callable[[Deferred], None] | None = None,
+) -> Any:
     """Run ``call`` as written, check and time it per ``plan`` on copies, record its rows.
 
     The test receives what the call as written returns, and its arguments end as that call
@@ -173,14 +188,175 @@ def benchmark_call(call: InterceptedCall, plan: BenchPlan, recorder: Recorder, n
     For an ``async def`` function, return a coroutine that does all this when awaited.
 
     :param site: where the call was made (``path:line``), for one row per site where the plan says so.
+    :param defer: receives the checks and timed rounds to run after the test's body, so that
+        nothing the extra rounds do (a global list appended to, a file written) is seen by
+        the test; the result and the arguments as the call left them are compared from
+        snapshots. ``None``: run them now, before returning (the ``conc_bench`` fixture).
     :raises conc_ml.errors.ParityError: if a parallel result, or the arguments a parallel run
-        leaves, differ from the sequential run's.
+        leaves, differ from the sequential run's (when not deferred).
     """
     __tracebackhide__ = True
-    protocol = _protocol(call, plan, recorder, name, site)
+    slot = recorder.begin(name, site)
+    replayable = call.replayable()
+    pristine, why_not = _copy_arguments(replayable) if replayable is not None else (None, "")
+    if replayable is None or pristine is None:
+        # An iterator passed whole would be consumed by the first run; arguments that cannot
+        # be copied cannot be given to a second run untouched. Either way: the call, once.
+        def skipped() -> None:
+            parity = Parity(None, plan.rtol, plan.atol)
+            recorder.add(_row(name, slot, plan, shape=call.shape(), parity=parity, note=why_not))
+
+        if call.is_async:
+            return _once_async(call, skipped)
+        value = call.run_as_written()
+        skipped()
+        return value
+    call = replayable
+    # The same seed on both sides: the results then depend on the chunking only.
+    pinned: dict[str, Any] = {} if call.options.seed is not None else {"seed": secrets.randbits(63)}
     if call.is_async:
-        return _drive_async(protocol)
-    return _drive(protocol)
+        template = Deferred(
+            call=call,
+            plan=plan,
+            recorder=recorder,
+            name=name,
+            slot=slot,
+            pristine=pristine,
+            pinned=pinned,
+            written=_AsWritten(None, None),
+        )
+        return _benchmark_async(template, defer)
+    # The call as written, on the test's own objects, comes first: the test gets its result.
+    value = call.run_as_written(**pinned)
+    checks = Deferred(
+        call=call,
+        plan=plan,
+        recorder=recorder,
+        name=name,
+        slot=slot,
+        pristine=pristine,
+        pinned=pinned,
+        written=_as_written(call, value, defer is not None),
+    )
+    if defer is None:
+        checks.run()
+    else:
+        defer(checks)
+    return value
+
+
+async def _once_async(call: InterceptedCall, then: Callable[[], None]) -> Any:
+    value = await call.run_as_written()
+    then()
+    return value
+
+
+async def _benchmark_async(template: Deferred, defer: Callable[[Deferred], None] | None) -> Any:
+    __tracebackhide__ = True
+    call = template.call
+    value = await call.run_as_written(**template.pinned)
+    written = _as_written(call, value, defer is not None)
+    checks = dataclasses.replace(template, written=written, library=_async_library())
+    if defer is None:
+        await _drive_async(checks.protocol())
+    else:
+        defer(checks)
+    return value
+
+
+def _async_library() -> str:
+    """The event loop library the caller runs on (``asyncio``, ``trio``), for running deferred rounds."""
+    try:
+        import sniffio
+
+        return str(sniffio.current_async_library())
+    except Exception:  # sniffio absent, or not called from a loop it knows: anyio's default
+        return "asyncio"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _AsWritten:
+    """What the call as written gave the test, held for the checks that follow.
+
+    :ivar value: its result (a snapshot, when checked later), or :data:`_UNCOPIED`.
+    :ivar arguments: the arguments as it left them (a snapshot, when checked later), or ``None``.
+    """
+
+    value: Any
+    arguments: Arguments | None
+
+
+#: a result that could not be copied, so it is not compared (the rounds on copies still are)
+_UNCOPIED = object()
+
+
+def _as_written(call: InterceptedCall, value: Any, snapshot: bool) -> _AsWritten:
+    """The call as written's result and argument state; copies of them when they are checked later.
+
+    The test goes on using its result and arguments (it may sort the one, refill the other),
+    so a check after the test's body compares copies taken now.
+    """
+    arguments = (call.args, call.kwargs)
+    if not snapshot:
+        return _AsWritten(value, arguments)
+    try:
+        value = copy.deepcopy(value)
+    except Exception:
+        value = _UNCOPIED
+    copied, _ = _copy_arguments(call)
+    return _AsWritten(value, copied)
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class Deferred:
+    """The checks and timed rounds of one call, run after the call as written.
+
+    :ivar pristine: a copy of the arguments taken before the call as written; each run gets its own copy of it.
+    :ivar pinned: the seed given to every run.
+    :ivar written: what the call as written returned and left.
+    :ivar library: for an ``async def`` function, the event loop library to run them on.
+    """
+
+    call: InterceptedCall
+    plan: BenchPlan
+    recorder: Recorder
+    name: str
+    slot: CallSlot
+    pristine: Arguments
+    pinned: dict[str, Any]
+    written: _AsWritten
+    library: str | None = None
+
+    def protocol(self) -> Protocol:
+        """The steps of the checks, for :func:`_drive` or :func:`_drive_async`."""
+        return _protocol(self)
+
+    def run(self) -> None:
+        """Run the checks and rounds in this thread (an ``async def`` function's in a loop of their own).
+
+        :raises conc_ml.errors.ParityError: if a run differs from ``.sequential()``'s.
+        """
+        __tracebackhide__ = True
+        if self.library is None:
+            _drive(self.protocol())
+            return
+        # The test's event loop is done with; a thread of its own keeps the caller's loop
+        # settings (pytest-asyncio's) untouched.
+        import anyio
+
+        failure: list[BaseException] = []
+
+        def in_thread() -> None:
+            try:
+                anyio.run(_drive_async, self.protocol(), backend=self.library or "asyncio")
+            except BaseException as error:
+                failure.append(error)
+
+        thread = threading.Thread(target=in_thread, name=f"conc-bench {self.name}")
+        thread.start()
+        thread.join()
+        if failure:
+            raise failure[0]
 
 
 class ConcBench:
@@ -265,25 +441,17 @@ async def _drive_async(protocol: Protocol) -> Any:
         protocol.close()
 
 
-def _protocol(call: InterceptedCall, plan: BenchPlan, recorder: Recorder, name: str, site: str) -> Protocol:
+def _protocol(checks: Deferred) -> Protocol:
     __tracebackhide__ = True
-    slot = recorder.begin(name, site)
-    replayable = call.replayable()
-    pristine, why_not = _copy_arguments(replayable) if replayable is not None else (None, "")
-    if replayable is None or pristine is None:
-        # An iterator passed whole would be consumed by the first run; arguments that cannot
-        # be copied cannot be given to a second run untouched. Either way: the call, once.
-        value, _ = yield (call.run_as_written, {})
-        parity = Parity(None, plan.rtol, plan.atol)
-        recorder.add(_row(name, slot, plan, shape=call.shape(), parity=parity, note=why_not))
-        return value
-    call = replayable
-    # The same seed on both sides: the results then depend on the chunking only.
-    pinned: dict[str, Any] = {} if call.options.seed is not None else {"seed": secrets.randbits(63)}
-    # The call as written, on the test's own objects, comes first: the test gets its result.
-    real_value, _ = yield (call.run_as_written, pinned)
-    real = (real_value, (call.args, call.kwargs), "the call as written")
-    changed = not _same_state(pristine, (call.args, call.kwargs))
+    call, plan, recorder, name, slot = checks.call, checks.plan, checks.recorder, checks.name, checks.slot
+    pristine, pinned, written = checks.pristine, checks.pinned, checks.written
+    changed = written.arguments is not None and not _same_state(pristine, written.arguments)
+    # the call as written joins the comparison when its result and arguments were kept
+    real = (
+        []
+        if written.value is _UNCOPIED or written.arguments is None
+        else [(written.value, written.arguments, "the call as written")]
+    )
     configurations = plan.configurations() if plan.timing and not slot.repeat else []
     checker = _RoundChecker(name, slot, plan, recorder)
     if {} not in configurations:
@@ -291,11 +459,11 @@ def _protocol(call: InterceptedCall, plan: BenchPlan, recorder: Recorder, name: 
         shape = call.shape(**pinned)
         arguments = copy.deepcopy(pristine)
         reference = yield from _sequential(call, arguments, pinned, checker, shape)
-        difference = checker.check(shape, pinned, [real], reference, arguments)
+        difference = checker.check(shape, pinned, real, reference, arguments)
         if not configurations:
             parity = Parity(True, plan.rtol, plan.atol, difference)
             recorder.add(_row(name, slot, plan, shape=shape, parity=parity, changed=changed))
-            return real_value
+            return None
     for configuration in configurations:
         overrides = {**configuration, **pinned}
         shape = call.shape(**overrides)
@@ -311,7 +479,7 @@ def _protocol(call: InterceptedCall, plan: BenchPlan, recorder: Recorder, name: 
             sequential_time = checker.last_time if checker.last_time is not None else time.perf_counter() - start
             runs = [(parallel_value, parallel_arguments, f"round {round_index + 1}")]
             if not configuration and round_index == 0:
-                runs.append(real)
+                runs.extend(real)
             difference = checker.check(shape, overrides, runs, sequential_value, sequential_arguments)
             largest = None if difference is None or largest is None else max(largest, difference)
             if round_index >= plan.warmup:
@@ -329,11 +497,7 @@ def _protocol(call: InterceptedCall, plan: BenchPlan, recorder: Recorder, name: 
                 changed=changed,
             )
         )
-    return real_value
-
-
-Arguments = tuple[tuple[Any, ...], dict[str, Any]]
-Shape = tuple[str, int, int | None]
+    return None
 
 
 def _copy_arguments(call: InterceptedCall) -> tuple[Arguments | None, str]:

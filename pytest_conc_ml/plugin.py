@@ -2,10 +2,12 @@
 
 - ``pytest --conc-bench``: during each test's call phase, every top-level call to a
   ``@parallel`` function runs as written, once, on the test's own arguments (the test gets
-  its result, and its arguments end as that call leaves them); then ``.sequential`` and the
-  parallel path run on deep copies of the arguments taken before it, with the same seed,
-  ``--conc-bench-warmup`` untimed and ``--conc-bench-rounds`` timed rounds. A result, or an
-  argument state, that differs fails the test with :class:`conc_ml.errors.ParityError`.
+  its result, and its arguments end as that call leaves them). When the test's body has
+  returned (or each hypothesis example), ``.sequential`` and the parallel path run on deep
+  copies of the arguments taken before it, with the same seed, ``--conc-bench-warmup``
+  untimed and ``--conc-bench-rounds`` timed rounds: the test sees none of their side
+  effects. A result, or an argument state, that differs fails the test with
+  :class:`conc_ml.errors.ParityError`.
   Calls from fixtures, ``.stream()``, calls inside workers, calls made through
   pytest-benchmark's ``benchmark`` fixture and excluded functions are not intercepted.
   Without the flag nothing is intercepted.
@@ -25,16 +27,19 @@ that never pass ``--conc-bench`` pay nothing at start-up. The options live in
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import sys
-from collections.abc import Generator
+import threading
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .fixture import BenchPlan, ConcBench, Recorder, benchmark_call, function_name
+from .fixture import BenchPlan, ConcBench, Deferred, Recorder, benchmark_call, function_name
 from .options import FIELDS, MARKER_KEYWORDS, OptionError, Settings, marker_values, parse_settings
 from .session import BenchSession
 from .stats import Measurement
@@ -264,7 +269,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, object]:
-    """Under ``--conc-bench``, route the test's ``@parallel`` calls through the benchmark."""
+    """Under ``--conc-bench``, route the test's ``@parallel`` calls through the benchmark.
+
+    During the test's body each call runs as written, once; its checks and timed rounds
+    run when the body is done (after each example of a hypothesis test), so that the test
+    sees nothing of them, not even their side effects.
+    """
     session = item.config.stash[SESSION]
     if not session.settings.enabled:
         return (yield)
@@ -273,6 +283,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, object]:
     plan = _plan_for(item)
     recorder = _recorder_for(item)
     root = item.config.rootpath
+    pending = _Pending()
 
     def interceptor(call: InterceptedCall) -> Any:
         __tracebackhide__ = True
@@ -284,12 +295,87 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, object]:
         if plan.excludes(call.function):
             session.leave_alone("excluded with exclude=", name)
             return call.run_as_written()
-        return benchmark_call(call, plan, recorder, name, _call_site(caller, root))
+        return benchmark_call(call, plan, recorder, name, _call_site(caller, root), defer=pending.add)
 
-    with intercept_calls(interceptor):
-        result = yield
+    with intercept_calls(interceptor), _checks_after_each_example(item, pending):
+        try:
+            result = yield
+        except Exception as error:
+            # The checks may explain the failure (a parallel result unlike the sequential one).
+            pending.run_after(error)
+            raise
+        except BaseException:  # skipped, xfail, Ctrl-C: nothing to check
+            pending.drop()
+            raise
+        pending.run()
     _check_min_speedup(plan, recorder)
     return result
+
+
+class _Pending:
+    """The checks of the calls a test made, waiting for its body (or hypothesis example) to end."""
+
+    def __init__(self) -> None:
+        self._checks: list[Deferred] = []
+        self._lock = threading.Lock()
+
+    def add(self, checks: Deferred) -> None:
+        with self._lock:
+            self._checks.append(checks)
+
+    def _take(self) -> list[Deferred]:
+        with self._lock:
+            taken, self._checks = self._checks, []
+        return taken
+
+    def run(self) -> None:
+        """Run the waiting checks in the order of their calls; the first parity failure is raised."""
+        __tracebackhide__ = True
+        taken = self._take()
+        for checks in taken:
+            try:
+                checks.run()
+            except BaseException:
+                with self._lock:  # the rest stay unchecked: the test fails anyway
+                    self._checks = []
+                raise
+
+    def run_after(self, error: Exception) -> None:
+        """Run the checks of a test that failed; a parity failure becomes a note on its error."""
+        try:
+            self.run()
+        except Exception as parity:
+            error.add_note(f"conc-bench: the calls this test made were also checked: {type(parity).__name__}: {parity}")
+
+    def drop(self) -> None:
+        self._take()
+
+
+@contextlib.contextmanager
+def _checks_after_each_example(item: pytest.Item, pending: _Pending) -> Iterator[None]:
+    """Run the checks at the end of each hypothesis example, inside it, so that hypothesis shrinks a failure."""
+    handle = getattr(getattr(item, "obj", None), "hypothesis", None)
+    inner = getattr(handle, "inner_test", None)
+    if handle is None or inner is None:
+        yield
+        return
+
+    @functools.wraps(inner)
+    def example(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        try:
+            result = inner(*args, **kwargs)
+        except Exception:
+            pending.drop()
+            raise
+        pending.run()
+        return result
+
+    handle.inner_test = example
+    try:
+        yield
+    finally:
+        handle.inner_test = inner
 
 
 def _made_through_pytest_benchmark(frame: FrameType | None) -> bool:

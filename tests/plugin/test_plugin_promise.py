@@ -116,6 +116,116 @@ def test_an_out_parameter_only_sequential_fills_fails_as_without_the_plugin(func
     )
 
 
+def test_the_extra_rounds_side_effects_are_not_seen_by_the_test(functions: pytest.Pytester) -> None:
+    functions.makepyfile(
+        """
+        import promised
+
+        @promised.parallel(backend="thread", chunks=2, combine="sum")
+        def write_lines(items, path):
+            with open(path, "a") as f:
+                f.writelines(f"{i}\\n" for i in items)
+            return len(items)
+
+        def test_global_list():
+            promised.CALLS.clear()
+            assert promised.counted([1, 2, 3, 4]) == [2, 3, 4, 5]
+            assert promised.counted([5, 6]) == [6, 7]
+            assert promised.CALLS == [2, 2, 1, 1]  # two calls of two chunks, as without the flag
+
+        def test_file(tmp_path):
+            path = tmp_path / "lines.txt"
+            assert write_lines(list(range(10)), str(path)) == 10
+            assert len(path.read_text().splitlines()) == 10
+        """
+    )
+    functions.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
+    result = functions.runpytest(*FAST, "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    # the rounds did run, after each test's body
+    result.stdout.fnmatch_lines(["test_global_list::counted", "  thread*2*2*ok", "test_file::write_lines"])
+
+
+def test_async_calls_side_effects_are_not_seen_on_asyncio_or_trio(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("trio")
+    pytester.makepyfile(
+        """
+        import anyio
+        import pytest
+
+        from conc_ml import parallel
+
+        CALLS = []
+
+        @parallel(backend="async", chunks=2, combine="concat")
+        async def shout(words):
+            CALLS.append(len(words))
+            await anyio.sleep(0)
+            return [w.upper() for w in words]
+
+        @pytest.fixture(params=["asyncio", "trio"])
+        def anyio_backend(request):
+            return request.param
+
+        @pytest.mark.anyio
+        async def test_shout():
+            CALLS.clear()
+            assert await shout(["a", "b", "c"]) == ["A", "B", "C"]
+            assert CALLS == [2, 1]
+        """
+    )
+    result = pytester.runpytest(*FAST, "-p", "anyio", "-p", "no:asyncio")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["test_shout?asyncio?::shout", "  async*2*2*ok", "test_shout?trio?::shout"])
+
+
+def test_a_result_the_test_changes_is_compared_as_the_call_returned_it(functions: pytest.Pytester) -> None:
+    functions.makepyfile(
+        """
+        import promised
+
+        def test_sorts_its_result():
+            result = promised.counted([3, 1, 2])
+            result.sort(reverse=True)
+            result.append(0)
+            assert result == [4, 3, 2, 0]
+        """
+    )
+    result = functions.runpytest(*FAST)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["test_sorts_its_result::counted", "  thread*ok"])
+
+
+def test_a_parity_failure_in_a_property_test_is_shrunk_by_hypothesis(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import threading
+
+        from hypothesis import given, settings, strategies as st
+
+        from conc_ml import parallel
+
+        @parallel(backend="thread", chunks=2, combine="concat")
+        def order(xs):
+            # reversed off the main thread: parallel != sequential as soon as a chunk has two items
+            return list(xs) if threading.current_thread() is threading.main_thread() else list(xs)[::-1]
+
+        @settings(max_examples=50, database=None)
+        @given(st.lists(st.integers(0, 9), max_size=8))
+        def test_order(xs):
+            assert len(order(xs)) == len(xs)
+        """
+    )
+    result = pytester.runpytest(*FAST)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ParityError: conc-bench: order()*", "*test_order(", "*xs=[[]*],"])
+    # shrunk (the check ran inside the example): a short list with two different items in a chunk
+    shown = next(line for line in result.outlines if "xs=[" in line)
+    example = json.loads(shown.split("xs=", 1)[1].rstrip(","))
+    assert 3 <= len(example) <= 4
+    assert sorted(set(example)) == [0, 1]
+
+
 def test_a_worker_sweep_does_not_change_what_the_test_receives(functions: pytest.Pytester) -> None:
     functions.makepyfile(
         """
