@@ -418,13 +418,16 @@ def test_conc_bench_rounds_run_their_chunks_instead_of_loading_the_checkpoint(py
 
         def test_square():
             assert square([1, 2, 3, 4]) == [[1, 4], [9, 16]]
-            # the call as written (which saves its checkpoint), then warmup 1 + rounds 3,
-            # each running the parallel path and .sequential, 2 chunks each
+            assert len(CHUNK_CALLS) == 2  # the call as written, which saves its checkpoint
+
+        def test_after_the_rounds():
+            # after test_square's body: warmup 1 + rounds 3, each running the parallel path
+            # and .sequential, 2 chunks each
             assert len(CHUNK_CALLS) == (1 + (1 + 3) * 2) * 2
         """
     )
     result = pytester.runpytest("--conc-bench", "--conc-bench-rounds=3", "-p", "no:randomly")
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
     assert len(list((pytester.path / "kept").rglob("chunk-*.pkl"))) == 2
 
 
