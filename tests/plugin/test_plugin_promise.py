@@ -171,7 +171,7 @@ def test_async_calls_side_effects_are_not_seen_on_asyncio_or_trio(pytester: pyte
         async def test_shout():
             CALLS.clear()
             assert await shout(["a", "b", "c"]) == ["A", "B", "C"]
-            assert CALLS == [2, 1]
+            assert sorted(CALLS) == [1, 2]  # two chunks, in whatever order they ran
         """
     )
     result = pytester.runpytest(*FAST, "-p", "anyio", "-p", "no:asyncio")
