@@ -146,9 +146,16 @@ async def outcomes_from_thread(call: PreparedCall) -> AsyncOutcomes:
 
 
 async def in_worker_thread(call: PreparedCall, work: Callable[[], R]) -> R:
-    """Run blocking pool work in a worker thread, stopping it if the caller is cancelled."""
+    """Run blocking pool work in a worker thread, stopping it if the caller stops waiting for it.
+
+    The caller stops waiting when it is cancelled, and on trio also at Ctrl-C, which trio
+    raises in the awaiting task as ``KeyboardInterrupt`` rather than as a cancellation:
+    either way the thread is abandoned, and a call left running would keep its chunks
+    busy and the interpreter's exit waiting for them.
+    """
     try:
         return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
-    except anyio.get_cancelled_exc_class():
+    except BaseException:
+        # Also reached when ``work`` raised: cancelling a call that has ended does nothing.
         call.cancel()
         raise

@@ -112,6 +112,29 @@ def chunk_sleeping_first_quick(items: list[int], marker: str) -> list[int]:
     return items
 
 
+async def achunk_sleeping_first_quick(items: list[int], marker: str) -> list[int]:
+    import anyio
+
+    mark(marker, f"chunk {items[0]}")
+    await anyio.sleep(0 if items[0] == 0 else 60)
+    return items
+
+
+def scenario_async_stream_body(marker: str, library: str) -> None:
+    """``async for`` over an ``async def``'s stream on the process backend; Ctrl-C in the loop body."""
+    import anyio
+
+    func = parallel(backend="process", workers=2, chunks=3)(achunk_sleeping_first_quick)
+
+    async def main() -> None:
+        async for _ in func.stream([0, 1, 2], marker):
+            mark(marker, "consumer in loop body")
+            await anyio.sleep(60)
+
+    anyio.run(main, backend=library)
+    report(finished=True)
+
+
 def scenario_io_bound_map_timeout(marker: str) -> None:
     """Calls stuck in recv for ever, ``timeout=0.3``: map must come back with TimeoutErrors."""
     fetch = io_bound(concurrency=2, timeout=0.3)(fetch_forever)
@@ -146,6 +169,19 @@ async def achunk_sleeping(items: list[int], marker: str, seconds: float) -> list
     mark(marker, f"chunk {items[0]}")
     await anyio.sleep(seconds)
     return items
+
+
+def scenario_await_until_ctrl_c(marker: str, library: str) -> None:
+    """``anyio.run(f, ...)`` of an ``async def`` on the process backend, chunks asleep until Ctrl-C.
+
+    On trio, Ctrl-C reaches the awaiting task as ``KeyboardInterrupt``, not as a
+    cancellation: the call must stop its chunks all the same.
+    """
+    import anyio
+
+    func = parallel(backend="process", workers=2, chunks=2)(achunk_sleeping)
+    anyio.run(func, [0, 1], marker, 60.0, backend=library)
+    report(finished=True)  # never reached: the test fails if it is
 
 
 def scenario_cancel_await(marker: str) -> None:
@@ -218,8 +254,10 @@ SCENARIOS: dict[str, Callable[..., None]] = {
     "io-bound-map-timeout": scenario_io_bound_map_timeout,
     "thread-backend-recv": scenario_thread_backend_recv,
     "stream-body": scenario_stream_body,
+    "async-stream-body": scenario_async_stream_body,
     "break-from-stream": scenario_break_from_stream,
     "cancel-await": scenario_cancel_await,
+    "await-until-ctrl-c": scenario_await_until_ctrl_c,
     "failure-cancels-the-others": scenario_failure_cancels_the_others,
     "timeout-more-chunks-than-workers": scenario_timeout_more_chunks_than_workers,
 }

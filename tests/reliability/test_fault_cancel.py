@@ -119,6 +119,20 @@ def test_ctrl_c_in_the_loop_body_of_a_stream_stops_the_running_chunks(tmp_path: 
     _assert_plain_interrupt(ended)
 
 
+@pytest.mark.parametrize("library", ["asyncio", "trio"])
+def test_ctrl_c_while_awaiting_a_process_call_stops_its_chunks(tmp_path: Path, library: str) -> None:
+    # Ready when both chunks have started in their workers.
+    ended = interrupt_scenario(tmp_path, "await-until-ctrl-c", library, ready_lines=2)
+    _assert_plain_interrupt(ended)
+
+
+@pytest.mark.parametrize("library", ["asyncio", "trio"])
+def test_ctrl_c_in_the_loop_body_of_an_async_stream_stops_the_running_chunks(tmp_path: Path, library: str) -> None:
+    # Ready when the three chunks have started and the consumer is in its loop body.
+    ended = interrupt_scenario(tmp_path, "async-stream-body", library, ready_lines=4)
+    _assert_plain_interrupt(ended)
+
+
 def test_a_call_stuck_in_recv_never_holds_map_past_its_timeout(tmp_path: Path) -> None:
     completed = subprocess.run(
         _command("io-bound-map-timeout", str(tmp_path / "marker")),

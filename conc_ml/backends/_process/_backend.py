@@ -17,6 +17,7 @@ pool is rebuilt at the new size once it is idle.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import threading
@@ -155,6 +156,35 @@ class _SharedPool:
     def give_back(self) -> None:
         with self._lock:
             self._users = max(0, self._users - 1)
+        self._stop_left_chunks_at_exit()
+
+    def _stop_left_chunks_at_exit(self) -> None:
+        """Have the interpreter's exit kill the workers of chunks that no call waits for.
+
+        A call left early (``break`` out of a stream, Ctrl-C in the body of an ``async for``
+        over one, a cancelled ``await``) lets its running chunks finish, since stopping them
+        stops the pool every call shares. At exit nobody can use their results, and
+        loky's exit handler would wait for them: 30 s chunks, 30 s more before the
+        program ends. Exit handlers run last registered first, and loky registers its
+        handler again each time a pool starts (before any call gives it back), so ours is
+        registered again whenever it is no longer the last. It leaves a pool that a call
+        still uses, or that has nothing left to run, to loky.
+        """
+        # Private but stable since Python 3.9: the list behind threading._register_atexit,
+        # which concurrent.futures and loky use to run before non-daemon threads are joined.
+        handlers = getattr(threading, "_threading_atexits", None)
+        if handlers is None or (handlers and handlers[-1] == self._kill_left_chunks):
+            return
+        with contextlib.suppress(RuntimeError):  # the interpreter is shutting down already
+            threading._register_atexit(self._kill_left_chunks)  # type: ignore[attr-defined]
+
+    def _kill_left_chunks(self) -> None:
+        from . import _loky
+
+        with self._lock:
+            pool, users = self._pool, self._users
+        if pool is not None and users == 0 and _loky.has_unfinished_work(pool):
+            _loky.kill_workers(pool)
 
     def forget(self) -> None:
         """Drop the reference at exit, while the modules that loky's clean-up uses still exist."""

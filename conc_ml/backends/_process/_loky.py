@@ -31,6 +31,7 @@ __all__ = [
     "cpu_count",
     "failed_in_worker",
     "first_exit_code",
+    "has_unfinished_work",
     "is_broken",
     "is_shut_down",
     "kill_workers",
@@ -106,6 +107,14 @@ def is_broken(pool: Executor) -> bool:
     """Whether a worker of ``pool`` died (loky then refuses new tasks)."""
     flags = getattr(pool, "_flags", None)  # private: loky's _ExecutorFlags
     return getattr(flags, "broken", None) is not None
+
+
+def has_unfinished_work(pool: Executor) -> bool:
+    """Whether a chunk submitted to ``pool`` is still queued or running (not done, not cancelled)."""
+    items = getattr(pool, "_pending_work_items", None)  # private: work id -> loky's _WorkItem
+    if not items:
+        return False
+    return any(not item.future.done() for item in list(items.values()))
 
 
 def is_shut_down(pool: Executor) -> bool:
