@@ -29,9 +29,12 @@ lost worker fails the call at once, as on the ``process`` backend.
 from __future__ import annotations
 
 import ast
+import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import dataclasses
+import logging
 import os
 import pathlib
 import sys
@@ -259,10 +262,30 @@ def close_clients() -> None:
         _close_embedded(embedded)
 
 
+#: seconds a worker of the embedded cluster gets to finish its running task when the cluster closes
+WORKER_CLOSE_TIMEOUT_S = 0.5
+
+
 def _close_embedded(embedded: tuple[distributed.LocalCluster, distributed.Client]) -> None:
     cluster, client = embedded
     client.close()
-    cluster.close()
+    # A chunk left running by Ctrl-C or a timeout (dask cannot stop a running task) would
+    # hold each nanny for its default 4 s grace and a warning before it kills its worker:
+    # nobody waits for those results now, so the workers get half a second.
+    nanny_log = logging.getLogger("distributed.nanny")
+    level = nanny_log.level
+    nanny_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.suppress(Exception):  # a cluster already closing or half-started: close() below decides
+            cluster.sync(_close_workers, list(cluster.workers.values()), WORKER_CLOSE_TIMEOUT_S)
+        cluster.close()
+    finally:
+        nanny_log.setLevel(level)
+
+
+async def _close_workers(workers: list[Any], timeout: float) -> None:
+    """Close the embedded cluster's nannies (and so their workers), killing a busy one after ``timeout`` s."""
+    await asyncio.gather(*(worker.close(timeout=timeout) for worker in workers), return_exceptions=True)
 
 
 # -- scattering large arguments --------------------------------------------------

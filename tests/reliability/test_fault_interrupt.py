@@ -93,3 +93,44 @@ def test_ctrl_c_stops_the_call_and_leaves_no_process(tmp_path: Path, backend: st
     left = [entry for entry in os.listdir("/dev/shm") if entry.startswith(f"conc-ml-{process.pid}-")]
     assert not left, f"segments left in /dev/shm: {left}"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["started"]
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["to-pid", "to-group"])
+def test_ctrl_c_stops_a_call_on_the_embedded_dask_cluster_without_waiting_for_its_workers(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, to_group: bool
+) -> None:
+    """dask cannot stop a running task: its nanny would give the worker 4 s, warn, then kill it.
+
+    The embedded cluster is conc-ml's own, and nobody waits for the chunk at exit: its
+    workers are given half a second, and the program ends within the bound.
+    """
+    pytest.importorskip("distributed")
+    marker = tmp_path / "started"
+    env = scenario_environment(tmp_path)
+    # dask keeps lock files in its scratch folder for good, by design: not in the checked folder.
+    env["DASK_TEMPORARY_DIRECTORY"] = str(tmp_path_factory.mktemp("dask-scratch"))
+    process = subprocess.Popen(
+        scenario_command("interrupt", "dask", str(marker)),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _wait_for_start(process, marker)
+        descendants = psutil.Process(process.pid).children(recursive=True)
+        if to_group:
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            os.kill(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=STOP_WITHIN)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode in (-signal.SIGINT, 1), stderr
+    assert "\nKeyboardInterrupt\n" in stderr, stderr
+    assert "still alive after" not in stderr, stderr
+    assert not _survivors(descendants, within=STOP_WITHIN), "dask workers orphaned after Ctrl-C"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["started"]
