@@ -55,7 +55,7 @@ __all__ = ["CallLedger", "content_digest", "function_digest", "open_ledger"]
 logger = logging.getLogger("conc_ml")
 
 #: bumped when what a key covers or how an entry is written changes: old entries then miss
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 _MAGIC: Final = b"conc-ml chunk v1\n"
 #: an entry's checksum: CRC-32 finds accidental damage at several GB/s (the name is the key)
 _CHECKSUM_SIZE: Final = 4
@@ -215,6 +215,50 @@ def _data_part(value: object) -> Any:
         return ("unpicklable", type(value).__module__, type(value).__qualname__)
 
 
+#: how deep the attributes of another module are followed (``cfg.train.RATE``: two steps)
+_ATTRIBUTE_DEPTH: Final = 3
+
+
+def _attributes_read(owner: object, names: set[str], module: str | None, depth: int = 0) -> list[Any]:
+    """The data that the code may read as attributes of ``owner``, another module or its class.
+
+    Another module and its classes are identified by name, so a value read through them
+    (``settings.RATE``, ``Config.RATE``) would go unseen: the data attributes named in the
+    code (``co_names`` lists attribute names too) count by content. Submodules are followed
+    (``cfg.train.RATE``); functions and classes stay identified by name; the standard
+    library is left out. Only the objects' own ``__dict__`` is read, so a module's lazy
+    ``__getattr__`` never runs.
+    """
+    if isinstance(owner, types.ModuleType):
+        home = owner.__name__
+        namespaces: list[Mapping[str, Any]] = [vars(owner)]
+    elif isinstance(owner, type) and owner.__module__ != module:
+        home = owner.__module__
+        namespaces = [vars(klass) for klass in owner.__mro__]
+    else:
+        return []
+    if home.partition(".")[0] in sys.stdlib_module_names:
+        # The standard library's data is constant for a Python, or the process's state
+        # (``os.environ``, ``sys.path``), which would make every resubmitted job miss.
+        return []
+    parts: list[Any] = []
+    for name in sorted(names):
+        for namespace in namespaces:
+            if name in namespace:
+                value = namespace[name]
+                break
+        else:
+            continue
+        if isinstance(value, types.ModuleType | type):
+            if depth + 1 < _ATTRIBUTE_DEPTH and value is not owner:
+                inner = _attributes_read(value, names, module, depth + 1)
+                if inner:
+                    parts.append((name, inner))
+        elif not callable(value) and not isinstance(value, staticmethod | classmethod | property):
+            parts.append((name, _data_part(value)))
+    return parts
+
+
 def _function_parts(func: types.FunctionType, seen: set[int]) -> Any:
     if id(func) in seen:
         return ("recursive", func.__module__, func.__qualname__)
@@ -224,6 +268,7 @@ def _function_parts(func: types.FunctionType, seen: set[int]) -> Any:
     parts: list[Any] = ["function", module, func.__qualname__, _code_parts(code)]
     parts.append(_value_part(func.__defaults__, module, seen))
     parts.append(_value_part(func.__kwdefaults__, module, seen))
+    names = _names_used(code)
     for cell in func.__closure__ or ():
         try:
             contents = cell.cell_contents
@@ -231,9 +276,11 @@ def _function_parts(func: types.FunctionType, seen: set[int]) -> Any:
             parts.append(("empty cell",))
             continue
         parts.append(_value_part(contents, module, seen))
-    for name in sorted(_names_used(code)):
+        parts.append(_attributes_read(contents, names, module))
+    for name in sorted(names):
         if name in func.__globals__:
-            parts.append((name, _value_part(func.__globals__[name], module, seen)))
+            value = func.__globals__[name]
+            parts.append((name, _value_part(value, module, seen), _attributes_read(value, names, module)))
     return parts
 
 

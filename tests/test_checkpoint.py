@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import types
 import uuid
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,45 @@ def test_the_function_key_covers_its_helpers_and_module_data_but_not_line_number
     namespace["uses_helper"].__qualname__ = uses_helper.__qualname__
     namespace["uses_helper"].__globals__["SCALE"] = SCALE
     assert function_digest(namespace["uses_helper"]) == function_digest(uses_helper)
+
+
+def test_data_read_through_another_module_or_its_class_is_part_of_the_key(store: Path) -> None:
+    # A settings module of the user's, with a submodule, and a class of it: identified by
+    # name like any other module's code, their data must still count by content.
+    settings = types.ModuleType("user_settings")
+    settings.nested = types.ModuleType("user_settings.nested")  # type: ignore[attr-defined]
+    config_class = type("Config", (), {"SCALE": 5.0, "__module__": "user_settings"})
+    namespace: dict[str, Any] = {"__name__": "user_script", "settings": settings, "Config": config_class}
+    exec(
+        "def scaled(values):\n    return [v * settings.SCALE * settings.nested.RATE * Config.SCALE for v in values]\n",
+        namespace,
+    )
+    func = parallel(backend="thread", chunks=2, checkpoint=store)(namespace["scaled"])
+
+    def call_with(scale: float, rate: float, class_scale: float) -> list[list[float]]:
+        settings.SCALE = scale  # type: ignore[attr-defined]
+        settings.nested.RATE = rate  # type: ignore[attr-defined]
+        config_class.SCALE = class_scale  # type: ignore[attr-defined]
+        result: list[list[float]] = func([1.0, 2.0])
+        assert result == [[scale * rate * class_scale], [2 * scale * rate * class_scale]], "a stale result"
+        return result
+
+    call_with(2.0, 1.0, 5.0)
+    call_with(3.0, 1.0, 5.0)
+    call_with(3.0, 0.5, 5.0)
+    call_with(3.0, 0.5, 7.0)
+    assert len(entries(store)) == 2 * 4
+    call_with(2.0, 1.0, 5.0)
+    assert len(entries(store)) == 2 * 4, "the same values again find their entries"
+
+
+def test_the_standard_librarys_process_state_does_not_change_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    def reads_the_environment(values: list[str]) -> list[str]:
+        return [os.environ.get(v, "") for v in values]
+
+    before = function_digest(reads_the_environment)
+    monkeypatch.setenv("SLURM_JOB_ID", "a-resubmitted-job")
+    assert function_digest(reads_the_environment) == before
 
 
 def test_content_digest_reads_array_content_not_identity() -> None:
