@@ -132,13 +132,51 @@ def _register_pandas() -> None:
         return obj.iloc[start:stop]
 
     def concat(parts: list[Any]) -> Any:
-        return pd.concat(parts)
+        return pd.concat(_with_united_categories(parts))
 
     for cls in (pd.DataFrame, pd.Series, pd.Index):
         if cls is pd.Index:
             register_splitter(cls, length=_len, take=lambda o, a, b: o[a:b], concat=lambda ps: ps[0].append(ps[1:]))
         else:
             register_splitter(cls, length=_len, take=take, concat=concat)
+
+
+def _with_united_categories(parts: list[Any]) -> list[Any]:
+    """pandas pieces whose categorical columns share the union of their categories.
+
+    A chunk that makes a column categorical from its own rows (``astype("category")``)
+    gets the categories it saw, and ``pandas.concat`` of categoricals whose categories
+    differ falls back to ``object``: the combined column would not be categorical, unlike
+    the whole input's. Unordered categories are united (sorted when each piece's were, as
+    categories taken from data are); ordered ones are left as pandas has them, since their
+    order cannot be merged.
+    """
+    import pandas as pd
+
+    first = parts[0]
+    if isinstance(first, pd.Series):
+        columns: list[Any] = [None] if isinstance(first.dtype, pd.CategoricalDtype) else []
+    elif isinstance(first, pd.DataFrame) and first.columns.is_unique:
+        columns = [name for name, dtype in first.dtypes.items() if isinstance(dtype, pd.CategoricalDtype)]
+    else:
+        columns = []
+    for column in columns:
+        try:
+            dtypes = [(part if column is None else part[column]).dtype for part in parts]
+        except KeyError:  # a piece without the column: pandas' own concat decides
+            continue
+        if not all(isinstance(d, pd.CategoricalDtype) and not d.ordered for d in dtypes) or all(
+            d == dtypes[0] for d in dtypes
+        ):
+            continue
+        united = dtypes[0].categories
+        for dtype in dtypes[1:]:
+            united = united.append(dtype.categories[~dtype.categories.isin(united)])
+        if all(d.categories.is_monotonic_increasing for d in dtypes):
+            united = united.sort_values()
+        shared = pd.CategoricalDtype(united)
+        parts = [part.astype(shared) if column is None else part.astype({column: shared}) for part in parts]
+    return parts
 
 
 def _register_scipy_sparse() -> None:

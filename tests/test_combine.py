@@ -84,3 +84,21 @@ def test_concat_keeps_the_masks_of_masked_arrays() -> None:
     assert isinstance(joined, np.ma.MaskedArray)
     np.testing.assert_array_equal(np.ma.getmaskarray(joined), [True, False, True])
     np.testing.assert_array_equal(joined.compressed(), [2.0])
+
+
+def test_concat_of_categoricals_unites_the_categories_each_chunk_saw() -> None:
+    values = pd.Series(["b", "a", "c", "b", "d", "d"])
+    parts = [values.iloc[start : start + 2].astype("category") for start in (0, 2, 4)]
+    pd.testing.assert_series_equal(combine_results("concat", parts, [2, 2, 2]), values.astype("category"))
+    frame = pd.DataFrame({"key": values, "n": pd.array(range(6), dtype="Int64")})
+    pieces = [frame.iloc[start : start + 3].astype({"key": "category"}) for start in (0, 3)]
+    pd.testing.assert_frame_equal(combine_results("concat", pieces, [3, 3]), frame.astype({"key": "category"}))
+
+
+def test_concat_of_categoricals_keeps_an_unsorted_order_of_appearance_and_ordered_ones() -> None:
+    parts = [pd.Series(pd.Categorical(["z"], categories=["z", "y"])), pd.Series(pd.Categorical(["x"]))]
+    joined = combine_results("concat", parts, [1, 1])
+    assert list(joined.cat.categories) == ["z", "y", "x"]
+    ordered = [pd.Series(pd.Categorical(["a"], ordered=True)), pd.Series(pd.Categorical(["b"], ordered=True))]
+    # Two orders cannot be merged: pandas' own result, an object column.
+    pd.testing.assert_series_equal(combine_results("concat", ordered, [1, 1]), pd.concat(ordered))

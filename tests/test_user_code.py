@@ -35,6 +35,16 @@ def test_sum_of_groupby_chunks_equals_the_whole_groupby(backend: str) -> None:
     pd.testing.assert_series_equal(func.sequential(frame), group_sums(frame))
 
 
+def encode(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype({"key": "category"}).assign(double=frame["value"] * 2)
+
+
+def test_concat_of_per_chunk_features_keeps_categorical_and_nullable_dtypes(backend: str) -> None:
+    frame = pd.DataFrame({"key": ["b", "a", "c", "b"], "value": pd.array([1, None, 3, 4], dtype="Int64")})
+    func = parallel(backend=backend, chunks=2, combine="concat")(encode)
+    pd.testing.assert_frame_equal(func(frame), encode(frame))
+
+
 def test_concat_keeps_masks_on_every_backend(backend: str) -> None:
     values = np.ma.masked_array(np.arange(6.0), mask=[1, 0, 1, 0, 1, 1])
     joined = parallel(backend=backend, chunks=3, combine="concat")(identity)(values)
