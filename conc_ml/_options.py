@@ -37,8 +37,9 @@ Seed: TypeAlias = int | np.random.SeedSequence | None
 
 COMBINE_NAMES = ("list", "concat", "sum", "mean")
 
-#: settings ``config()`` accepts that are not ``@parallel`` keywords
-BACKEND_SETTINGS = ("address", "allow_nested", "async_library", "client")
+#: settings of conc-ml itself that ``config()`` accepts beside the ``@parallel`` keywords;
+#: each backend declares its own (``Backend.settings``: ``address=`` for dask, ...)
+CORE_SETTINGS = ("allow_nested",)
 
 _ENV_BACKEND = "CONC_ML_BACKEND"
 _ENV_WORKERS = "CONC_ML_WORKERS"
@@ -70,23 +71,48 @@ class ParallelOptions:
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(ParallelOptions) if f.name != "settings")
 
 
-def validate_layer(layer: Mapping[str, Any], *, where: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+def _backend_setting_names(names: list[str]) -> set[str]:
+    """Those of ``names`` that some backend declares as a setting (its value is checked when it is used)."""
+    if not names:
+        return set()
+    from .backends import backend_setting
+
+    return {name for name in names if backend_setting(name) is not None}
+
+
+def _unknown_keywords(unknown: list[str], where: str, *, settings: bool) -> TypeError:
+    allowed = list(OPTION_NAMES)
+    missing = ""
+    if settings:
+        from .backends import setting_names
+
+        names, unavailable = setting_names()
+        allowed += [*CORE_SETTINGS, *names]
+        if unavailable:
+            missing = f" (the settings of backends {', '.join(unavailable)} are unknown: they are not installed)"
+    return TypeError(
+        f"{where} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+        f"expected some of: {', '.join(allowed)}{missing}"
+    )
+
+
+def validate_layer(layer: Mapping[str, Any], *, where: str, settings: bool = False) -> dict[str, Any]:
     """Check one layer of options and return it as a plain dict.
 
     :param layer: option names to values, as a user wrote them.
     :param where: what the user called (``"@parallel"``, ``"config()"``), for messages.
-    :param extra: further accepted names (backend settings for ``config()``).
+    :param settings: accept settings too (``config()``): conc-ml's own, and those a
+        backend declares (``Backend.settings``), whose values that backend checks when a
+        call uses it (see :func:`conc_ml.backends.checked_settings`).
     :raises TypeError: on an unknown name or a value of the wrong type.
     :raises ValueError: on a value out of range.
     :raises BackendUnavailableError: on an unknown backend name.
     """
-    allowed = OPTION_NAMES + extra
-    unknown = sorted(set(layer) - set(allowed))
+    unknown = sorted(set(layer) - set(OPTION_NAMES) - set(CORE_SETTINGS if settings else ()))
+    declared = _backend_setting_names(unknown) if settings else set()
+    unknown = [name for name in unknown if name not in declared]
     if unknown:
-        raise TypeError(
-            f"{where} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
-            f"expected some of: {', '.join(allowed)}"
-        )
+        raise _unknown_keywords(unknown, where, settings=settings)
     out = dict(layer)
     for name, check in _CHECKS.items():
         if name in out:
@@ -243,7 +269,7 @@ def config(**options: Any) -> Iterator[None]:
     :raises TypeError: on an unknown keyword or a value of the wrong type.
     :raises ValueError: on a value out of range.
     """
-    layer = validate_layer(options, where="config()", extra=BACKEND_SETTINGS)
+    layer = validate_layer(options, where="config()", settings=True)
     merged = dict(current_config())
     for exclusive, other in (("chunks", "chunk_size"), ("chunk_size", "chunks")):
         if layer.get(exclusive) is not None:
@@ -266,7 +292,7 @@ def merge_layers(*layers: Mapping[str, Any]) -> ParallelOptions:
     settings: dict[str, Any] = {}
     for layer in layers:
         for key, value in layer.items():
-            if key in BACKEND_SETTINGS:
+            if key not in OPTION_NAMES:
                 settings[key] = value
                 continue
             if key == "chunks" and value is not None:

@@ -44,7 +44,7 @@ from ._seeding import chunk_seed, root_seed_sequence
 from ._sendable import refuse_open_files
 from ._split import Chunk, in_index_order, plan_chunks
 from ._system import inside_worker
-from .backends import get_backend
+from .backends import CallInfo, checked_settings, get_backend
 
 __all__ = ["AsyncParallelFunction", "BoundParallelFunction", "ParallelFunction", "ParallelKwargs", "parallel"]
 
@@ -188,8 +188,8 @@ class _ParallelBase(Generic[P, R]):
         backend = get_backend(backend_name)
         if backend.crosses_processes:
             refuse_open_files(bound.arguments, self._name, backend_name)
-        if backend_name == "process":
-            _preload_in_process_workers(self.__wrapped__)
+        checked_settings(backend, options.settings)
+        backend.before_call(CallInfo(self.__wrapped__, self._name, bound.arguments, workers, options.settings))
         root = root_seed_sequence(options.seed) if rng_param is not None else None
         allow_nested = bool(options.settings.get("allow_nested", False))
 
@@ -330,20 +330,6 @@ def _completion_ordered_code() -> frozenset[types.CodeType]:
     from ._io_bound import IOBoundFunction
 
     return frozenset({ParallelFunction.stream.__code__, IOBoundFunction.stream.__code__})
-
-
-def _preload_in_process_workers(func: Callable[..., Any]) -> None:
-    """Before the first process call starts the fork server: have it import what ``func`` uses."""
-    from .backends._process import _forkserver
-    from .backends._process._forkserver import modules_used_by
-
-    if _forkserver.started():
-        return
-    try:
-        modules = modules_used_by(func)
-    except Exception:  # an odd global (a proxy that fails on attribute access): preloading is only a help
-        return
-    _forkserver.preload(modules)
 
 
 class AsyncParallelFunction(_ParallelBase[P, R]):

@@ -68,8 +68,8 @@ def warm_up(
     from ._parallel import AsyncParallelFunction, ParallelFunction
     from ._system import usable_cpus
     from ._validate import integer
-    from .backends import get_backend
     from .backends._process import _forkserver
+    from .backends._process._backend import borrowed_pool
 
     if workers is None:
         first = functions[0] if functions else None
@@ -94,9 +94,7 @@ def warm_up(
             # Workers are forked when the first call (or a waiting warm_up) needs them:
             # forking is quick once the server has imported everything.
             return
-    backend = get_backend("process")
-    executor = backend.open(workers, {})
-    try:
+    with borrowed_pool(workers) as executor:
         # One task per worker: an idle worker takes the next queued task, so each gets one
         # while the others are busy importing.
         futures = [executor.submit(_import_in_worker, wanted) for _ in range(workers)]
@@ -106,5 +104,3 @@ def warm_up(
                 raise TimeoutError(f"warm_up: {len(pending)} of {workers} workers not ready after {timeout:g} s")
             for future in done:
                 future.result()
-    finally:
-        backend.release(executor, abort=False, stop_running=False)

@@ -52,8 +52,7 @@ async def stream_call_async(call: PreparedCall) -> AsyncGenerator[tuple[int, Any
 
 
 def _in_event_loop(call: PreparedCall) -> bool:
-    # Backends registered before the capability existed run their chunks on their own pool.
-    return bool(getattr(call.backend, "runs_in_event_loop", False))
+    return call.backend.runs_in_event_loop
 
 
 def _combine(call: PreparedCall, outcomes: Iterable[tuple[Chunk, ChunkOutcome]]) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncGenerator, Callable
-from typing import Any, TypeVar
+from typing import TypeVar, cast
 
 import anyio
 import anyio.abc
@@ -20,6 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._runner import ChunkOutcome, ChunkTask
 from .._split import Chunk
+from ..backends import EventLoopBackend, EventLoopRunner
 from ._state import CallState, PreparedCall, reporting
 from ._sync import iter_outcomes
 
@@ -41,7 +42,9 @@ async def iter_outcomes_async(call: PreparedCall) -> AsyncOutcomes:
     At most the runner's capacity of chunks run at once. The first failure cancels the
     others and is re-raised as its own type (not wrapped in an exception group).
     """
-    runner = call.backend.open_in_event_loop(call.workers, call.options.settings)  # type: ignore[attr-defined]
+    # The registry made sure that a backend declaring ``runs_in_event_loop`` is one.
+    backend = cast(EventLoopBackend, call.backend)
+    runner = backend.open_in_event_loop(call.workers, call.options.settings)
     send, receive = anyio.create_memory_object_stream[Finished](math.inf)
     with reporting(call) as progress:
         state = CallState(
@@ -77,7 +80,7 @@ async def iter_outcomes_async(call: PreparedCall) -> AsyncOutcomes:
 
 
 async def _start_what_fits(
-    state: CallState, runner: Any, group: anyio.abc.TaskGroup, send: MemoryObjectSendStream[Finished]
+    state: CallState, runner: EventLoopRunner, group: anyio.abc.TaskGroup, send: MemoryObjectSendStream[Finished]
 ) -> AsyncOutcomes:
     """Start chunks until the runner is full; yield those that come from the checkpoint."""
     ledger = state.call.ledger
@@ -96,7 +99,7 @@ async def _start_what_fits(
         group.start_soon(_run_one, runner, task, send)
 
 
-async def _run_one(runner: Any, task: ChunkTask, send: MemoryObjectSendStream[Finished]) -> None:
+async def _run_one(runner: EventLoopRunner, task: ChunkTask, send: MemoryObjectSendStream[Finished]) -> None:
     outcome = await runner.run(task)
     await send.send((task.index, outcome))
 

@@ -12,9 +12,9 @@ from collections.abc import Generator
 from typing import Any
 
 from .._interrupts import InterruptWatch
-from .._left_calls import LeftCallFlag
-from .._runner import ChunkOutcome, ChunkTask, run_chunk
+from .._runner import ChunkOutcome, ChunkTask
 from .._split import Chunk
+from ..backends import ChunkRunner
 from ._state import CallState, PreparedCall, reporting
 
 __all__ = ["iter_outcomes"]
@@ -22,43 +22,41 @@ __all__ = ["iter_outcomes"]
 Outcomes = Generator[tuple[Chunk, ChunkOutcome], None, None]
 
 
-class _LentExecutor:
-    """The executor a backend lends one call, and what the call submits to it."""
+class _Runner:
+    """The runner the backend opened for the call, replaced by a fresh one when it breaks."""
 
-    def __init__(self, call: PreparedCall, left_flag: LeftCallFlag | None):
+    def __init__(self, call: PreparedCall):
         self._call = call
-        self._run = run_chunk if left_flag is None else left_flag.wrap(run_chunk)
-        self.executor = call.backend.open(call.workers, call.options.settings)
+        self._runner: ChunkRunner = call.backend.open_runner(call.workers, call.options.settings)
+        self.capacity = self._runner.capacity
 
     def submit(self, task: ChunkTask) -> concurrent.futures.Future[ChunkOutcome]:
-        return self.executor.submit(self._run, task)
+        return self._runner.submit(task)
 
-    def renew(self) -> None:
-        """Give back a pool that broke (loky marks it broken before it fails its futures) and take a fresh one."""
-        self.close(abort=True, stop_running=False)
-        self.executor = self._call.backend.open(self._call.workers, self._call.options.settings)
+    def submit_to_fresh_runner(self, task: ChunkTask) -> concurrent.futures.Future[ChunkOutcome]:
+        """Close a runner that broke (a pool whose worker died) and submit ``task`` to a new one."""
+        self._runner.close(abort=True, stop_running=False)
+        self._runner = self._call.backend.open_runner(self._call.workers, self._call.options.settings)
+        return self._runner.submit(task)
 
     def close(self, *, abort: bool, stop_running: bool) -> None:
-        self._call.backend.release(self.executor, abort=abort, stop_running=stop_running)
+        self._runner.close(abort=abort, stop_running=stop_running)
 
 
 def iter_outcomes(call: PreparedCall) -> Outcomes:
     """Run the chunks of ``call`` and yield each one's outcome as it finishes.
 
-    Chunks are submitted lazily, a window at a time, so that an iterator cut by
-    ``chunk_size`` is never read far ahead. A chunk's exception is re-raised at once;
+    Chunks are submitted lazily, at most the runner's capacity at a time, so that an
+    iterator cut by ``chunk_size`` is never read far ahead. A chunk's exception is re-raised at once;
     whatever happens, pending chunks are cancelled and the pool is given back before this
     returns.
     """
-    backend = call.backend
-    # Chunks in another process check this flag before they start (see _left_calls).
-    left_flag = LeftCallFlag() if backend.crosses_processes else None
-    runner = _LentExecutor(call, left_flag)
+    runner = _Runner(call)
     # Ctrl-C in the body of the caller's loop over ``.stream()`` reaches this generator as
     # GeneratorExit, as a ``break`` does: the watch tells the two apart.
     interrupts = InterruptWatch()
     with reporting(call) as progress:
-        state = CallState(call, backend.max_in_flight_per_worker * call.workers, progress)
+        state = CallState(call, runner.capacity, progress)
         try:
             while True:
                 yield from _submit_what_fits(state, runner)
@@ -71,10 +69,10 @@ def iter_outcomes(call: PreparedCall) -> Outcomes:
             raise
         finally:
             interrupts.close()
-            _give_back(state, runner, left_flag)
+            _give_back(state, runner)
 
 
-def _submit_what_fits(state: CallState, runner: _LentExecutor) -> Outcomes:
+def _submit_what_fits(state: CallState, runner: _Runner) -> Outcomes:
     """Submit chunks until the window is full; yield those that come from the checkpoint."""
     ledger = state.call.ledger
     while state.wants_more():
@@ -92,8 +90,7 @@ def _submit_what_fits(state: CallState, runner: _LentExecutor) -> Outcomes:
             future = runner.submit(task)
         except Exception as error:
             state.refused(error, chunk, task)
-            runner.renew()
-            future = runner.submit(task)
+            future = runner.submit_to_fresh_runner(task)
         state.submitted(future, chunk, task)
 
 
@@ -102,9 +99,15 @@ def _wait(state: CallState) -> set[concurrent.futures.Future[Any]]:
 
     :raises ChunkTimeoutError: if the deadline passed first.
     """
-    waited: list[concurrent.futures.Future[Any]] = [*state.in_flight, state.call.wake]  # type: ignore[list-item]
-    done, _ = concurrent.futures.wait(waited, timeout=state.time_left(), return_when=concurrent.futures.FIRST_COMPLETED)
-    done.discard(state.call.wake)
+    in_flight: list[concurrent.futures.Future[Any]] = list(state.in_flight)  # type: ignore[arg-type]
+    # Chunks that finished as they were submitted (sequential), or while the caller was
+    # busy with the previous results, need no wait.
+    done = {future for future in in_flight if future.done()}
+    if not done and not state.cancelled:
+        done, _ = concurrent.futures.wait(
+            [*in_flight, state.call.wake], timeout=state.time_left(), return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        done.discard(state.call.wake)
     if state.cancelled:
         return set()
     if not done:
@@ -112,7 +115,7 @@ def _wait(state: CallState) -> set[concurrent.futures.Future[Any]]:
     return done
 
 
-def _deliver_finished(state: CallState, runner: _LentExecutor, done: set[concurrent.futures.Future[Any]]) -> Outcomes:
+def _deliver_finished(state: CallState, runner: _Runner, done: set[concurrent.futures.Future[Any]]) -> Outcomes:
     ledger = state.call.ledger
     for future in state.in_index_order(done):
         try:
@@ -122,8 +125,7 @@ def _deliver_finished(state: CallState, runner: _LentExecutor, done: set[concurr
             try:
                 retried = runner.submit(task)
             except Exception:
-                runner.renew()
-                retried = runner.submit(task)
+                retried = runner.submit_to_fresh_runner(task)
             state.submitted(retried, chunk, task)
             continue
         chunk = state.finished(future, outcome)
@@ -132,7 +134,7 @@ def _deliver_finished(state: CallState, runner: _LentExecutor, done: set[concurr
         yield chunk, outcome
 
 
-def _give_back(state: CallState, runner: _LentExecutor, left_flag: LeftCallFlag | None) -> None:
+def _give_back(state: CallState, runner: _Runner) -> None:
     pending: list[concurrent.futures.Future[Any]] = list(state.in_flight)  # type: ignore[arg-type]
     # Stopping running chunks cancels the queued ones with them: cancelling them here first
     # would make loky's manager thread fail (and print a traceback) as it fails every
@@ -140,9 +142,6 @@ def _give_back(state: CallState, runner: _LentExecutor, left_flag: LeftCallFlag 
     if not state.stop_running:
         for future in pending:
             future.cancel()
-        if left_flag is not None:
-            # Left by ``break`` or a failure: what the pool could not cancel is skipped.
-            left_flag.raise_for(pending)
     try:
         runner.close(abort=state.abort, stop_running=state.stop_running)
     finally:

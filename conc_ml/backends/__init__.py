@@ -4,7 +4,8 @@ Built-in backends are imported lazily, on first use, so that ``import conc_ml`` 
 cheap and a missing optional dependency is reported by name with an install hint rather
 than at import time. Third-party backends register through the ``conc_ml.backends``
 entry-point group (the entry point loads a class implementing :class:`Backend`) or at
-run time with :func:`register_backend`.
+run time with :func:`register_backend`. The interface is in :mod:`._base`; the reference
+(``docs/reference.md``) walks through a third-party backend.
 """
 
 from __future__ import annotations
@@ -14,25 +15,58 @@ import importlib
 import importlib.metadata
 import importlib.util
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from .._runner import ChunkOutcome, ChunkTask, run_chunk
 from ..errors import BackendUnavailableError
-from ._base import Backend
+from ._base import (
+    AwaitedChunks,
+    Backend,
+    BackendSetting,
+    CallInfo,
+    ChunkRunner,
+    EventLoopBackend,
+    EventLoopRunner,
+    ExecutorLendingBackend,
+    ExecutorRunner,
+    LentExecutorBackend,
+)
 
-__all__ = ["Backend", "available_backends", "check_backend_name", "get_backend", "register_backend"]
+__all__ = [
+    "AwaitedChunks",
+    "Backend",
+    "BackendSetting",
+    "CallInfo",
+    "ChunkOutcome",
+    "ChunkRunner",
+    "ChunkTask",
+    "EventLoopBackend",
+    "EventLoopRunner",
+    "ExecutorLendingBackend",
+    "ExecutorRunner",
+    "available_backends",
+    "backend_setting",
+    "check_backend_name",
+    "checked_settings",
+    "get_backend",
+    "register_backend",
+    "run_chunk",
+    "setting_names",
+]
 
 ENTRY_POINT_GROUP = "conc_ml.backends"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _BackendEntry:
-    load: Callable[[], Callable[[], Backend]]
+    load: Callable[[], Callable[[], Backend | ExecutorLendingBackend]]
     requires: tuple[str, ...] = ()
     install_hint: str = ""
 
 
-def _builtin(module: str, cls: str) -> Callable[[], Callable[[], Backend]]:
-    def load() -> Callable[[], Backend]:
+def _builtin(module: str, cls: str) -> Callable[[], Callable[[], Backend | ExecutorLendingBackend]]:
+    def load() -> Callable[[], Backend | ExecutorLendingBackend]:
         return getattr(importlib.import_module(f"conc_ml.backends.{module}"), cls)  # type: ignore[no-any-return]
 
     return load
@@ -50,11 +84,15 @@ _lock = threading.Lock()
 _entry_points_loaded = False
 
 
-def register_backend(name: str, factory: Callable[[], Backend], *, replace: bool = False) -> None:
+def register_backend(
+    name: str, factory: Callable[[], Backend | ExecutorLendingBackend], *, replace: bool = False
+) -> None:
     """Make a backend available under ``name``.
 
     :param name: the name users pass as ``backend=``.
-    :param factory: called once, with no arguments, to create the backend (a class works).
+    :param factory: called once, with no arguments, to create the backend (a class works):
+        a :class:`Backend`, or the earlier form that lends an executor
+        (:class:`ExecutorLendingBackend`).
     :param replace: allow replacing an existing registration.
     :raises ValueError: if ``name`` is taken and ``replace`` is false, or is ``"auto"``.
     """
@@ -123,9 +161,93 @@ def get_backend(name: str) -> Backend:
                 raise BackendUnavailableError(
                     f"backend {name!r} could not be imported ({exc}); install it with: {entry.install_hint}"
                 ) from exc
-            backend = factory()
+            backend = _as_backend(name, factory())
             _instances[name] = backend
     return backend
+
+
+def _as_backend(name: str, made: object) -> Backend:
+    """The backend ``made`` by a factory, the earlier executor-lending form adapted.
+
+    :raises TypeError: if ``made`` implements neither form, or declares
+        ``runs_in_event_loop`` without ``open_in_event_loop``.
+    """
+    if isinstance(made, Backend):
+        if made.runs_in_event_loop and not isinstance(made, EventLoopBackend):
+            raise TypeError(
+                f"backend {name!r} declares runs_in_event_loop but has no open_in_event_loop(workers, settings)"
+            )
+        return made
+    if isinstance(made, ExecutorLendingBackend):
+        return LentExecutorBackend(made)
+    missing = sorted(
+        member
+        for member in (
+            "crosses_processes",
+            "can_stop_running",
+            "runs_in_event_loop",
+            "settings",
+            "before_call",
+            "open_runner",
+            "translate_error",
+        )
+        if not hasattr(made, member)
+    )
+    raise TypeError(
+        f"backend {name!r} ({type(made).__qualname__}) does not implement conc_ml.backends.Backend: "
+        f"it lacks {', '.join(missing)}"
+    )
+
+
+def backend_setting(name: str) -> tuple[str, BackendSetting] | None:
+    """The backend that declares the ``config()`` setting ``name``, and the setting; ``None`` if none does.
+
+    Backends already in use are asked first; others are loaded (not those whose
+    dependencies are missing) only when they must be.
+    """
+    for backend_name in [*_instances, *sorted(set(_registered_names()) - set(_instances))]:
+        try:
+            backend = get_backend(backend_name)
+        except BackendUnavailableError:
+            continue
+        setting = backend.settings.get(name)
+        if setting is not None:
+            return backend_name, setting
+    return None
+
+
+def checked_settings(backend: Backend, settings: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``settings`` once the backend's schema accepted the values of the settings it declares.
+
+    Settings of other backends pass through unchecked: a setting matters to the backend
+    that reads it (``config(address=...)`` is dask's, whatever backend a call uses).
+
+    :raises TypeError: if a value has a type the setting does not accept.
+    :raises ValueError: if a value has the right type but is not allowed.
+    """
+    for name, value in settings.items():
+        setting = backend.settings.get(name)
+        if setting is not None:
+            setting.validate(name, value)
+    return settings
+
+
+def setting_names() -> tuple[list[str], list[str]]:
+    """Every ``config()`` setting the installed backends declare, and the backends that could not be loaded."""
+    names: set[str] = set()
+    unavailable = []
+    for backend_name in sorted(_registered_names()):
+        try:
+            names.update(get_backend(backend_name).settings)
+        except BackendUnavailableError:
+            unavailable.append(backend_name)
+    return sorted(names), unavailable
+
+
+def _registered_names() -> list[str]:
+    with _lock:
+        _load_entry_points()
+        return list(_registry)
 
 
 def available_backends() -> dict[str, bool]:

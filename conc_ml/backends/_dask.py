@@ -48,9 +48,10 @@ import distributed
 import numpy as np
 from distributed.scheduler import KilledWorker
 
-from .._runner import ChunkOutcome, ChunkTask
+from .._runner import ChunkOutcome, ChunkTask, run_chunk
 from .._system import usable_cpus
 from ..errors import BackendUnavailableError, WorkerCrashedError
+from ._base import BackendSetting, CallInfo
 
 __all__ = [
     "ADDRESS_VARIABLE",
@@ -58,6 +59,7 @@ __all__ = [
     "SCATTER_THRESHOLD_BYTES",
     "DaskBackend",
     "DaskExecutor",
+    "DaskRunner",
     "close_clients",
     "resolve_client",
 ]
@@ -447,22 +449,46 @@ async def _forward_outcome(remote: distributed.Future[Any], result: concurrent.f
 # -- the backend ----------------------------------------------------------------
 
 
+class DaskRunner:
+    """The chunks of one call as dask tasks: ``workers`` of them in flight at once."""
+
+    def __init__(self, client: distributed.Client, workers: int):
+        self.executor = DaskExecutor(client)
+        # ``workers`` is how many chunks of the call run at once on the cluster.
+        self.capacity = workers
+
+    def submit(self, task: ChunkTask) -> concurrent.futures.Future[ChunkOutcome]:
+        """Submit ``run_chunk(task)`` as a dask task."""
+        future: concurrent.futures.Future[ChunkOutcome] = self.executor.submit(run_chunk, task)
+        return future
+
+    def close(self, *, abort: bool, stop_running: bool) -> None:
+        """Drop the call's tasks and scattered data (a running task finishes on its worker)."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _is_address(value: str) -> bool:
+    return bool(value.strip())
+
+
 class DaskBackend:
     """Chunks as tasks on a dask.distributed cluster (see the module docstring)."""
 
-    name: ClassVar[str] = "dask"
     crosses_processes: ClassVar[bool] = True
     # dask cannot interrupt a running task: on a timeout it runs to its end on its
     # worker and its result is discarded.
     can_stop_running: ClassVar[bool] = False
-    # ``workers`` is how many chunks of the call run at once on the cluster.
-    max_in_flight_per_worker: ClassVar[int] = 1
+    runs_in_event_loop: ClassVar[bool] = False
+    settings: ClassVar[Mapping[str, BackendSetting]] = {
+        "client": BackendSetting("a distributed.Client (a synchronous one)", (distributed.Client,)),
+        "address": BackendSetting("a scheduler address such as 'tcp://127.0.0.1:8786'", (str,), _is_address),
+    }
 
-    def open(self, workers: int, settings: Mapping[str, Any]) -> DaskExecutor:
-        return DaskExecutor(resolve_client(settings))
+    def before_call(self, call: CallInfo) -> None:
+        pass
 
-    def release(self, executor: concurrent.futures.Executor, *, abort: bool, stop_running: bool) -> None:
-        executor.shutdown(wait=False, cancel_futures=True)
+    def open_runner(self, workers: int, settings: Mapping[str, Any]) -> DaskRunner:
+        return DaskRunner(resolve_client(settings), workers)
 
     def translate_error(self, error: BaseException, chunk: int) -> BaseException | None:
         if not isinstance(error, KilledWorker):

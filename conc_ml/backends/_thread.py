@@ -12,13 +12,15 @@ import ctypes
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.thread import _worker as _stdlib_worker
 from typing import Any, ClassVar
 
+from .._runner import ChunkOutcome, ChunkTask, run_chunk
 from .._system import inner_threads
+from ._base import BackendSetting, CallInfo
 
-__all__ = ["ABANDONED_THREADS_NOTE", "InterruptibleThreadPool", "ThreadBackend"]
+__all__ = ["ABANDONED_THREADS_NOTE", "InterruptibleThreadPool", "ThreadBackend", "ThreadRunner"]
 
 #: what the errors that give up running calls say about their threads
 ABANDONED_THREADS_NOTE = (
@@ -131,13 +133,39 @@ class InterruptibleThreadPool(ThreadPoolExecutor):
         self.shutdown(wait=False, cancel_futures=True)
 
 
+class ThreadRunner:
+    """The per-call thread pool of the thread backend, two chunks queued per thread."""
+
+    def __init__(self, backend: ThreadBackend, workers: int):
+        self._backend = backend
+        self.pool = InterruptibleThreadPool(max_workers=workers, thread_name_prefix="conc-ml-thread")
+        self.capacity = 2 * workers
+
+    def submit(self, task: ChunkTask) -> Future[ChunkOutcome]:
+        """Queue ``run_chunk(task)`` on the pool."""
+        return self.pool.submit(run_chunk, task)
+
+    def close(self, *, abort: bool, stop_running: bool) -> None:
+        """End the pool: on abort without waiting for running chunks, interrupting them on Ctrl-C."""
+        try:
+            # On abort, queued chunks are dropped and the running ones abandoned on their
+            # daemon threads; on Ctrl-C they are interrupted too, and stop at their next
+            # Python instruction. Nothing waits for them, not even the interpreter's exit.
+            if abort:
+                self.pool.abandon(interrupt=stop_running)
+            else:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self._backend.uncap(self)
+
+
 class ThreadBackend:
     """Chunks on the threads of a per-call pool."""
 
-    name: ClassVar[str] = "thread"
     crosses_processes: ClassVar[bool] = False
     can_stop_running: ClassVar[bool] = False
-    max_in_flight_per_worker: ClassVar[int] = 2
+    runs_in_event_loop: ClassVar[bool] = False
+    settings: ClassVar[Mapping[str, BackendSetting]] = {}
 
     def __init__(self) -> None:
         # BLAS limits are process-wide: calls that overlap share one cap, applied by the
@@ -146,33 +174,28 @@ class ThreadBackend:
         self._capped_calls: set[int] = set()
         self._limits: Any = None
 
-    def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:
-        executor = InterruptibleThreadPool(max_workers=workers, thread_name_prefix="conc-ml-thread")
+    def before_call(self, call: CallInfo) -> None:
+        pass
+
+    def open_runner(self, workers: int, settings: Mapping[str, Any]) -> ThreadRunner:
+        runner = ThreadRunner(self, workers)
         if workers > 1:
             from threadpoolctl import threadpool_limits
 
             with self._limits_lock:
                 if not self._capped_calls:
                     self._limits = threadpool_limits(limits=inner_threads(workers))
-                self._capped_calls.add(id(executor))
-        return executor
+                self._capped_calls.add(id(runner))
+        return runner
 
-    def release(self, executor: Executor, *, abort: bool, stop_running: bool) -> None:
-        try:
-            # On abort, queued chunks are dropped and the running ones abandoned on their
-            # daemon threads; on Ctrl-C they are interrupted too, and stop at their next
-            # Python instruction. Nothing waits for them, not even the interpreter's exit.
-            if abort and isinstance(executor, InterruptibleThreadPool):
-                executor.abandon(interrupt=stop_running)
-            else:
-                executor.shutdown(wait=not abort, cancel_futures=True)
-        finally:
-            with self._limits_lock:
-                if id(executor) in self._capped_calls:
-                    self._capped_calls.discard(id(executor))
-                    if not self._capped_calls:
-                        self._limits.restore_original_limits()
-                        self._limits = None
+    def uncap(self, runner: ThreadRunner) -> None:
+        """The call of ``runner`` ended: the last capped call to end restores the BLAS limits."""
+        with self._limits_lock:
+            if id(runner) in self._capped_calls:
+                self._capped_calls.discard(id(runner))
+                if not self._capped_calls:
+                    self._limits.restore_original_limits()
+                    self._limits = None
 
     def translate_error(self, error: BaseException, chunk: int) -> BaseException | None:
         return None

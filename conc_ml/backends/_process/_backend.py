@@ -22,12 +22,15 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
-from concurrent.futures import Executor
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Executor, Future
 from typing import Any, ClassVar
 
+from ..._runner import ChunkOutcome, ChunkTask, run_chunk
 from ..._system import in_daemonic_process, inner_thread_env, mark_worker_process
 from ...errors import BackendUnavailableError, SerializationError, WorkerCrashedError
+from .._base import BackendSetting, CallInfo
+from .._sequential import InlineExecutor, InlineRunner
 
 __all__ = [
     "ProcessBackend",
@@ -214,58 +217,104 @@ _shared_pool = _SharedPool()
 atexit.register(_shared_pool.forget)
 
 
+@contextlib.contextmanager
+def borrowed_pool(workers: int) -> Iterator[Executor]:
+    """The program's process pool with ``workers`` workers, for work that is not a call's chunks (``warm_up``).
+
+    In a daemonic process, which may not start children, an executor that runs each task inline.
+    """
+    if in_daemonic_process():
+        yield InlineExecutor()
+        return
+    pool = _shared_pool.lend(workers)
+    try:
+        yield pool
+    finally:
+        _shared_pool.give_back()
+
+
 def shut_down_pool() -> None:
     """Shut the warm process pool down now, waiting for its workers to exit (tests, ``warm_up``)."""
     _shared_pool.shut_down()
 
 
-class ProcessBackend:
-    """Chunks on the program's one loky process pool."""
+class ProcessRunner:
+    """One call's share of the program's process pool.
 
-    name: ClassVar[str] = "process"
-    crosses_processes: ClassVar[bool] = True
-    can_stop_running: ClassVar[bool] = True
-    # Four chunks queued per worker keep the pool busy while results travel back; with two,
-    # many small chunks waited on the caller's round trips (8 chunks: 33 -> 20 ms).
-    max_in_flight_per_worker: ClassVar[int] = 4
+    Large numpy arrays travel through shared memory (see :mod:`._shared_memory`). Each
+    chunk first looks for the call's "left" flag (see :mod:`conc_ml._left_calls`): loky
+    cannot cancel chunks it has handed to its call queue, so the chunks of a call its
+    caller left (``break``, a failure) are skipped there instead of run.
+    """
 
-    def open(self, workers: int, settings: Mapping[str, Any]) -> Executor:
-        from .._sequential import InlineExecutor
+    def __init__(self, workers: int):
+        from ..._left_calls import LeftCallFlag
         from ._shared_memory import SharingExecutor
 
-        if in_daemonic_process():
-            # As joblib does: the chunks run one after another here, like a nested call in a worker.
-            return InlineExecutor()
-        pool = _shared_pool.lend(workers)
-        # Large numpy arguments and results travel through shared memory, not the pipe: copying
-        # them through it costs more than the chunk's work (see ._shared_memory).
-        return SharingExecutor(pool)
+        # Four chunks queued per worker keep the pool busy while results travel back; with
+        # two, many small chunks waited on the caller's round trips (8 chunks: 33 -> 20 ms).
+        self.capacity = 4 * workers
+        self._left = LeftCallFlag()
+        self._run = self._left.wrap(run_chunk)
+        self._pool = _shared_pool.lend(workers)
+        self._sharing = SharingExecutor(self._pool)
+        self._in_flight: set[Future[ChunkOutcome]] = set()
 
-    def release(self, executor: Executor, *, abort: bool, stop_running: bool) -> None:
-        from .._sequential import InlineExecutor
+    def submit(self, task: ChunkTask) -> Future[ChunkOutcome]:
+        """Send ``task`` to the pool (its large arrays through shared memory)."""
+        future: Future[ChunkOutcome] = self._sharing.submit(self._run, task)
+        self._in_flight.add(future)
+        future.add_done_callback(self._in_flight.discard)
+        return future
+
+    def close(self, *, abort: bool, stop_running: bool) -> None:
+        """Give the pool back: kill its workers to stop running chunks, else let them finish."""
         from . import _loky
-        from ._shared_memory import SharingExecutor
 
-        if isinstance(executor, InlineExecutor):
-            return
-        sharing = executor if isinstance(executor, SharingExecutor) else None
-        if sharing is not None:
-            executor = sharing.pool
+        if abort and not stop_running:
+            # Left by ``break`` or a failure: what the pool could not cancel is skipped.
+            self._left.raise_for(list(self._in_flight))
         try:
             if stop_running:
                 # The only way to stop a chunk that is running in a process: the pool goes
                 # (with the chunks of other calls sharing it) and the next call builds a new one.
-                _loky.kill_workers(executor)
-            elif abort and _loky.is_broken(executor):
+                _loky.kill_workers(self._pool)
+            elif abort and _loky.is_broken(self._pool):
                 # A worker died: loky kills the others; the next call builds a new pool. Wait
                 # until they are gone, so that no result segment is written after close()
                 # deleted the unclaimed ones.
-                _loky.kill_workers(executor)
+                _loky.kill_workers(self._pool)
         finally:
             _shared_pool.give_back()
-            if sharing is not None:
-                # Segments go once the chunks still running are done (at once after a kill).
-                sharing.close()
+            # Segments go once the chunks still running are done (at once after a kill).
+            self._sharing.close()
+
+
+class ProcessBackend:
+    """Chunks on the program's one loky process pool."""
+
+    crosses_processes: ClassVar[bool] = True
+    can_stop_running: ClassVar[bool] = True
+    runs_in_event_loop: ClassVar[bool] = False
+    settings: ClassVar[Mapping[str, BackendSetting]] = {}
+
+    def before_call(self, call: CallInfo) -> None:
+        """Before the first call starts the fork server: have it import what the function uses."""
+        from . import _forkserver
+
+        if _forkserver.started():
+            return
+        try:
+            modules = _forkserver.modules_used_by(call.function)
+        except Exception:  # an odd global (a proxy that fails on attribute access): preloading is only a help
+            return
+        _forkserver.preload(modules)
+
+    def open_runner(self, workers: int, settings: Mapping[str, Any]) -> ProcessRunner | InlineRunner:
+        if in_daemonic_process():
+            # As joblib does: the chunks run one after another here, like a nested call in a worker.
+            return InlineRunner()
+        return ProcessRunner(workers)
 
     def translate_error(self, error: BaseException, chunk: int) -> BaseException | None:
         from . import _loky
