@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .report import row_labels
+from .report import natural_key, row_labels
 from .stats import Measurement
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def speedup_figure(rows: Sequence[Measurement]) -> tuple[Figure, int]:
 
     figure = Figure(figsize=(9, 4.5), layout="constrained")
     axes = figure.add_subplot()
-    for label, points in sorted(series.items()):
+    for label, points in sorted(series.items(), key=lambda item: natural_key(item[0])):
         workers = sorted(points)
         axes.plot(workers, [points[w] for w in workers], marker="o", label=label)
     if ideal:

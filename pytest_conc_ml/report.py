@@ -16,6 +16,7 @@ __all__ = [
     "Line",
     "comparison_lines",
     "format_seconds",
+    "natural_key",
     "report_lines",
     "row_labels",
     "short_names",
@@ -56,8 +57,6 @@ def _parity(row: Measurement) -> str:
     text = "ok"
     if row.parity.max_difference not in (None, 0.0):
         text = f"ok ({row.parity.max_difference:.1e})"
-    if row.changed_arguments:
-        text += " args!"
     return text
 
 
@@ -87,12 +86,17 @@ def short_names(nodeids: Sequence[str]) -> dict[str, str]:
 
 
 def row_labels(rows: Sequence[Measurement]) -> dict[int, str]:
-    """The report's name of each row (by ``id``): short node id, function name, ``#n`` for repeated calls."""
+    """The report's name of each row (by ``id``): short node id, function name, ``#n`` for repeated calls.
+
+    ``(N calls)`` counts the calls of a hypothesis test's call site; ``args!`` marks a function
+    that changes its arguments (in the name, which has its own line at 80 columns, not in the figures).
+    """
     short = short_names([row.nodeid for row in rows])
     return {
         id(row): f"{short[row.nodeid]}::{row.name}"
         + (f"#{row.call}" if row.call > 1 else "")
         + (f" ({row.calls} calls)" if row.calls > 1 else "")
+        + (" args!" if row.changed_arguments else "")
         for row in rows
     }
 
@@ -134,36 +138,40 @@ def _markup(row: Measurement) -> dict[str, bool]:
     return {}
 
 
-def _natural(text: str) -> tuple[tuple[int, int | str], ...]:
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
     """A sort key that puts ``f#2`` before ``f#10`` and ``test[9]`` before ``test[10]``."""
     return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text))
 
 
 def _table(headings: Sequence[str], rows: Sequence[tuple[str, list[str], dict[str, bool]]], width: int) -> list[Line]:
-    """A table whose first column is a name; the names get their own lines when a row would not fit."""
+    """A table whose first column is a name; the names get their own lines when a row would not fit.
+
+    The figures are two spaces apart, one where that is what makes them fit ``width``.
+    """
     columns = len(headings) - 1
     widths = [len(h) for h in headings[1:]]
     for _, cells, _ in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
-    figures_width = sum(widths) + 2 * (columns - 1)
     name_width = max([len(headings[0])] + [len(name) for name, _, _ in rows])
 
-    def figures(cells: Sequence[str]) -> str:
+    def figures(cells: Sequence[str], gap: int) -> str:
         # the first figure (the backend) reads best left-aligned, numbers right-aligned
         first = cells[0].ljust(widths[0])
-        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))]).rstrip()
+        aligned = [first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))]
+        return (" " * gap).join(aligned).rstrip()
 
     lines: list[Line] = []
-    if name_width + 2 + figures_width <= width:
-        heading = headings[0].ljust(name_width) + "  " + figures(headings[1:])
+    if name_width + 2 + sum(widths) + 2 * (columns - 1) <= width:
+        heading = headings[0].ljust(name_width) + "  " + figures(headings[1:], 2)
         lines.append((heading, {"bold": True}))
         lines.append(("-" * len(heading), {}))
         lines.extend(
-            ((name.ljust(name_width) + "  " + figures(cells)).rstrip(), markup) for name, cells, markup in rows
+            ((name.ljust(name_width) + "  " + figures(cells, 2)).rstrip(), markup) for name, cells, markup in rows
         )
         return lines
     # Too wide for the terminal: each name on its own line, its figures indented below it.
-    heading = "  " + figures(headings[1:])
+    gap = 2 if 2 + sum(widths) + 2 * (columns - 1) <= width else 1
+    heading = "  " + figures(headings[1:], gap)
     lines.append((headings[0], {"bold": True}))
     lines.append((heading, {"bold": True}))
     lines.append(("-" * min(width, max(len(heading), 4)), {}))
@@ -172,7 +180,7 @@ def _table(headings: Sequence[str], rows: Sequence[tuple[str, list[str], dict[st
         if name != previous:
             lines.extend((text, markup) for text in wrap(name, width))
             previous = name
-        lines.append(("  " + figures(cells), markup))
+        lines.append(("  " + figures(cells, gap), markup))
     return lines
 
 
@@ -198,7 +206,7 @@ def report_lines(rows: Sequence[Measurement], *, header: str, timing: bool, widt
     order = {nodeid: index for index, nodeid in enumerate(dict.fromkeys(row.nodeid for row in rows))}
     ordered = sorted(
         rows,
-        key=lambda r: (order[r.nodeid], _natural(r.name), r.call, r.backend, r.workers, r.chunks or 0),
+        key=lambda r: (order[r.nodeid], natural_key(r.name), r.call, r.backend, r.workers, r.chunks or 0),
     )
     table = [(labels[id(row)], _cells(row, serial=serial), _markup(row)) for row in ordered]
     lines: list[Line] = [(text, {}) for text in wrap(header, width)]
@@ -238,8 +246,9 @@ def _legend(*, serial: bool, timing: bool) -> list[str]:
         "  n: timed rounds. A hypothesis test has one row per call site: its first example is timed, "
         "the others are checked for parity and counted in '(N calls)'",
         "  parity: results and the arguments each run left equivalent to .sequential()'s in every round "
-        "(largest numeric difference in brackets; FAIL in red; 'args!' the function changes its arguments; "
-        "skip: an iterator passed whole, or arguments that cannot be copied, so the call ran once, unchecked)",
+        "(largest numeric difference in brackets; FAIL in red; skip: an iterator passed whole, or arguments "
+        "that cannot be copied, so the call ran once, unchecked); 'args!' after a name: the function changes "
+        "its arguments",
     ]
     if serial:
         legend.append(
@@ -283,7 +292,7 @@ def comparison_lines(
     headings = ["name", "backend", "wrk", "chk", "before", "now", "change", "noise"]
     labels = row_labels([item.row for item in comparisons])
     table_rows: list[tuple[str, list[str], dict[str, Any]]] = []
-    for item in sorted(comparisons, key=lambda c: (_natural(c.row.fullname), c.row.backend, c.row.workers)):
+    for item in sorted(comparisons, key=lambda c: (natural_key(c.row.fullname), c.row.backend, c.row.workers)):
         row, change = item.row, item.change
         noises = [n for n in (row.noise, item.before.noise) if n is not None]
         noise = 100 * max(noises, default=0.0)

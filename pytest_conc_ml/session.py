@@ -185,11 +185,12 @@ class BenchSession:
         :param width: the terminal's width; the table and legend fit it.
         """
         if self.xdist_controller:
-            write(
+            warning = (
                 "conc-bench: WARNING: timing is off under pytest-xdist (workers share the CPUs); parity was still "
-                "checked. Run without -n to measure speedups.",
-                yellow=True,
+                "checked. Run without -n to measure speedups."
             )
+            for text in wrap(warning, width):
+                write(text, yellow=True)
         if not self.rows and self.left_alone:
             write("conc-bench: no @parallel call was checked or timed")
         elif not self.rows:
@@ -208,10 +209,12 @@ class BenchSession:
             for text, markup in lines:
                 write(text, **markup)
         for regression in self.regressions:
-            write(f"conc-bench: REGRESSION {regression.describe()}", red=True, bold=True)
+            for text in wrap(f"conc-bench: REGRESSION {regression.describe()}", width):
+                write(text, red=True, bold=True)
         for reason in self.unchecked_gates:
-            write(f"conc-bench: GATE NOT CHECKED: {reason}", red=True, bold=True)
-        for text, markup in self.notes:
+            for text in wrap(f"conc-bench: GATE NOT CHECKED: {reason}", width):
+                write(text, red=True, bold=True)
+        for text, markup in self.notes:  # paths, kept whole on their line
             write(text, **markup)
 
     def _header(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -209,10 +210,11 @@ def test_compare_fail_fails_the_run_on_a_regression(pytester: pytest.Pytester) -
     result = pytester.runpytest(*args, "--conc-bench-compare=base", "--conc-bench-compare-fail=10")
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
+    # wrapped to the terminal's 80 columns
     result.stdout.fnmatch_lines(
         [
-            "conc-bench: REGRESSION test_nap.py::test_nap::nap [[]thread, 2 workers[]]: speedup *(-*%, bar -10%, "
-            "noise ±*%)"
+            "conc-bench: REGRESSION test_nap.py::test_nap::nap [[]thread, 2 workers[]]: speedup*",
+            "    *bar -10%, noise ±*%)",
         ]
     )
     # a bar the change stays within keeps the run green
@@ -280,7 +282,8 @@ def test_xdist_checks_parity_and_warns_once(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, failed=2)
     result.stdout.fnmatch_lines(
         [
-            "*conc-bench: WARNING: timing is off under pytest-xdist*parity was still checked*",
+            "*conc-bench: WARNING: timing is off under pytest-xdist*",
+            "    *parity was still checked*",
             "test_drifting::drifting",
             "*-*FAIL*",
         ]
@@ -402,6 +405,16 @@ def test_the_plot_has_whole_worker_ticks_and_its_legend_clear_of_the_data() -> N
 
     figure, drawn = speedup_figure([row(1, 1.0), row(2, 0.55), row(3, 0.4)])
     assert drawn == 1
+    calls = [dataclasses.replace(row(2, 0.5), fullname=f"t.py::test_fit::fit#{n}", call=n) for n in (1, 2, 10)]
+    legend_of_calls = speedup_figure(calls)[0].axes[0].get_legend()
+    assert legend_of_calls is not None
+    # natural order: #2 before #10, as in the table
+    assert [text.get_text() for text in legend_of_calls.get_texts()] == [
+        "test_fit::fit (thread)",
+        "test_fit::fit#2 (thread)",
+        "test_fit::fit#10 (thread)",
+        "ideal",
+    ]
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(figure)

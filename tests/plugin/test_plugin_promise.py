@@ -83,8 +83,8 @@ def test_arguments_end_as_the_call_as_written_leaves_them(functions: pytest.Pyte
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "test_double::double_in_place",
-            "*ok args!",
+            "test_double::double_in_place args!",
+            "*ok",
             "conc-bench: these functions change the arguments they are given (in place):",
             "    double_in_place (test_double). The test saw the arguments as the call as",
         ]

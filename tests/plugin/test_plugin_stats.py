@@ -155,3 +155,44 @@ def test_report_warns_about_efficiency_above_one() -> None:
     assert any("150%!" in text.split() for text in texts)
     (warning,) = [(text, markup) for text, markup in lines if "efficiency above 100% on 1 row(s)" in text]
     assert warning[1] == {"yellow": True}
+
+
+def test_a_worker_sweep_table_fits_80_columns() -> None:
+    # wide figures: a sweep's serial column, the process backend, 3-digit chunks, spreads
+    # above 100%, efficiency above 100%, ten rounds, a numeric difference, changed arguments
+    rows = [
+        _row(
+            fullname=f"tests/test_models.py::TestForest::test_fit_many[{n}]::train_members",
+            nodeid=f"tests/test_models.py::TestForest::test_fit_many[{n}]",
+            name="train_members",
+            backend="process",
+            workers=n,
+            chunks=128,
+            cpus=16,
+            sweep=True,
+            sequential=Stats.from_times([0.5, 0.9, 1.0, 1.1, 9.9] * 2),
+            parallel=Stats.from_times([0.05, 0.08, 0.09, 0.1, 0.9] * 2),
+            parity=Parity(True, 0.0, 0.0, 1.2e-15),
+            changed_arguments=True,
+        )
+        for n in (1, 2, 16)
+    ]
+    lines = report_lines(rows, header="H", timing=True, width=80)
+    assert max(len(text) for text, _ in lines) <= 80
+    assert any(text.split()[-1] == "serial" for text, _ in lines)  # the column is there, not dropped
+
+
+def test_the_warnings_and_gate_lines_of_the_section_fit_its_width() -> None:
+    from pytest_conc_ml.options import Settings
+    from pytest_conc_ml.session import BenchSession
+
+    session = BenchSession(Settings(enabled=True, min_speedup=1.5), xdist_controller=True)
+    session.rows.append(_row())
+    session.unchecked_gates.append("--conc-bench-min-speedup=1.5 checked nothing: " + "no call was timed " * 6)
+    written: list[tuple[str, dict[str, bool]]] = []
+    session.display(lambda text="", **markup: written.append((text, markup)), 80)
+    assert max(len(text) for text, _ in written) <= 80
+    assert any("timing is off under pytest-xdist" in text for text, _ in written)
+    gate = [markup for text, markup in written if "GATE NOT CHECKED" in text or "no call was timed" in text]
+    assert len(gate) >= 2
+    assert all(markup == {"red": True, "bold": True} for markup in gate)
