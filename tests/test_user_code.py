@@ -264,6 +264,17 @@ def test_open_files_inside_objects_and_the_instance_are_refused(tmp_path: Any) -
     assert func([1, 2], {"rows": np.zeros(3), "frame": pd.DataFrame({"a": [1]}), "n": 1}) == [1, 1]
 
 
+def tokens(lines: list[str]) -> Any:
+    return (word for line in lines for word in line.split())
+
+
+def test_a_generator_result_is_refused_with_the_fix() -> None:
+    func = parallel(backend="process", chunks=2)(tokens)
+    with pytest.raises(SerializationError, match=r"the function returns a generator.*return a list of its items"):
+        func(["a b", "c"])
+    assert [list(words) for words in func.options(backend="thread")(["a b", "c"])] == [["a", "b"], ["c"]]
+
+
 SCRIPT_WITH_A_FAILING_HELPER = """
 from conc_ml import parallel
 

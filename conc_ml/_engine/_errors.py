@@ -160,4 +160,7 @@ def _serialization_error(error: BaseException, chunk: Chunk, task: ChunkTask, ca
     else:
         what = f"the result of {describe_chunk(chunk, call)} cannot be pickled to come back from a worker"
         fix = "return plain data (arrays, lists, dicts, fitted estimators) or use backend='thread'"
+        if "'generator' object" in str(error):
+            # A function written with yield, or one returning a generator expression.
+            fix = "the function returns a generator, which cannot leave its process: return a list of its items"
     return SerializationError(f"{what} ({type(error).__name__}: {error}); {fix}")

@@ -35,6 +35,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import multiprocessing
 import os
 import pathlib
 import sys
@@ -325,7 +326,16 @@ def run_scattered_chunk(
 
     args = tuple(restore(value) for value in task.args)
     kwargs = {name: restore(value) for name, value in task.kwargs.items()}
-    return run(dataclasses.replace(task, args=args, kwargs=kwargs))
+    task = dataclasses.replace(task, args=args, kwargs=kwargs)
+    if not multiprocessing.current_process().daemon:
+        return run(task)
+    # A daemonic worker (dask's default) cannot start processes: joblib (scikit-learn's
+    # n_jobs) would run one job at a time anyway, warning on every call. It runs one at a
+    # time in silence; the cluster's own threads and processes are the parallelism.
+    import joblib
+
+    with joblib.parallel_config(backend="sequential"):
+        return run(task)
 
 
 # -- the executor -----------------------------------------------------------------

@@ -190,6 +190,24 @@ def test_a_remote_traceback_is_told_once_in_the_cause(on_dask: Any) -> None:
     assert all(frame.filename != "<dynamic-code>" for frame in frames)
 
 
+def joblib_in_a_chunk(values: list[int]) -> tuple[list[int], list[str]]:
+    import warnings
+
+    from joblib import Parallel, delayed
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        squares = Parallel(n_jobs=-1)(delayed(pow)(value, 2) for value in values)
+    return squares, [str(warning.message) for warning in caught]
+
+
+def test_joblib_in_a_chunk_runs_one_at_a_time_without_warning(on_dask: Any) -> None:
+    # A daemonic dask worker cannot start joblib's processes: joblib would fall back to
+    # n_jobs=1 with a warning on every call (scikit-learn's n_jobs included).
+    outcomes = parallel(chunks=2, workers=2)(joblib_in_a_chunk)([1, 2, 3, 4])
+    assert outcomes == [([1, 4], []), ([9, 16], [])]
+
+
 def test_stream_yields_every_chunk(on_dask: Any) -> None:
     func = parallel(chunks=4, workers=2)(total)
     streamed = dict(func.stream([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]))
