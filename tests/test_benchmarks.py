@@ -103,3 +103,26 @@ def test_the_checkpoint_benchmark_refuses_bad_sizes(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         checkpoint.main(["--chunks", "0"])
     assert "--chunks must be >= 1" in capsys.readouterr().err
+
+
+def test_the_process_tree_benchmark_names_each_process_and_the_shared_copy() -> None:
+    import subprocess
+    import sys
+
+    # In its own process: the tree it lists is then the call's alone, not the test session's.
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.process_tree", "--mb", "4", "--calls", "1"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    rows = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in completed.stdout.splitlines()[2:]]
+    roles = [role for role, _ in rows]
+    mib = [float(value.removesuffix(" MiB").replace(",", "")) for _, value in rows]
+    assert roles[0] == "caller"
+    assert roles.count("worker") == 2
+    assert "fork server" in roles
+    assert roles[-2:] == ["/dev/shm files of the tree", "total"]
+    assert mib[-2] >= 3.7, "the 4 MB array's one copy in shared memory (3.8 MiB)"
+    assert mib[-1] == pytest.approx(sum(mib[:-1]), abs=0.2)

@@ -414,3 +414,44 @@ def test_a_pandas_frames_numeric_block_is_mapped(copies: list[int]) -> None:
     frame = pandas.DataFrame({"a": np.arange(BIG // 8, dtype=np.float64), "b": np.ones(BIG // 8)})
     assert _frame_column([0, 5], frame) == [[("mapped", 0.0)], [("mapped", 5.0)]]
     assert copies == [2 * BIG], "one block of two float columns, written once"
+
+
+@parallel(backend="process", workers=2, chunks=2)
+def _project(items: list[int], pca: Any, rows: np.ndarray[Any, Any]) -> list[Any]:
+    return [(_where(pca.components_), pca.transform(rows[[i]]).round(12).tolist()) for i in items]
+
+
+def test_a_fitted_estimators_arrays_are_mapped_and_a_change_to_them_is_seen(copies: list[int]) -> None:
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    rows = np.random.default_rng(0).normal(size=(400, 400))
+    pca = decomposition.PCA(n_components=380, svd_solver="full").fit(rows)
+    assert pca.components_.nbytes >= _shared_memory.MIN_SHARED_BYTES
+    got = _project([0, 1], pca, rows[:2])
+    assert [[where for where, _ in chunk] for chunk in got] == [["mapped"], ["mapped"]]
+    expected = _project.sequential([0, 1], pca, rows[:2])
+    assert all(np.allclose(a[0][1], b[0][1]) for a, b in zip(got, expected, strict=True))
+    assert copies == [pca.components_.nbytes], "the components, once for both chunks (rows are small)"
+    pca.components_[0, :] *= -1.0  # changed in place between two calls
+    again = _project([0], pca, rows[:1])
+    assert np.allclose(again[0][0][1], pca.transform(rows[:1]).round(12).tolist())
+    assert not np.allclose(again[0][0][1], got[0][0][1])
+
+
+def test_a_main_global_or_closure_array_changed_in_place_between_calls_is_seen(copies: list[int]) -> None:
+    table = np.zeros(BIG // 8)
+    captured = np.zeros(BIG // 8)
+
+    def reads_its_closure(items: list[int]) -> list[float]:
+        return [float(captured[i]) for i in items]
+
+    namespace: dict[str, Any] = {"__name__": "__main__", "TABLE": table}
+    exec("def reads_a_global(items):\n    return [float(TABLE[i]) for i in items]\n", namespace)
+    closure = parallel(backend="process", workers=2, chunks=2)(reads_its_closure)
+    global_ = parallel(backend="process", workers=2, chunks=2)(namespace["reads_a_global"])
+    assert closure([0, 9]) == [[0.0], [0.0]]
+    assert global_([0, 9]) == [[0.0], [0.0]]
+    captured[9] = 2.5
+    table[9] = -4.0
+    assert closure([0, 9]) == [[0.0], [2.5]]
+    assert global_([0, 9]) == [[0.0], [-4.0]]
+    assert copies == [BIG, BIG], "each written once, then again into the same segment"
