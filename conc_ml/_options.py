@@ -89,7 +89,10 @@ def _unknown_keywords(unknown: list[str], where: str, *, settings: bool) -> Type
         names, unavailable = setting_names()
         allowed += [*CORE_SETTINGS, *names]
         if unavailable:
-            missing = f" (the settings of backends {', '.join(unavailable)} are unknown: they are not installed)"
+            missing = (
+                f" (the settings of backends {', '.join(unavailable)} are unknown: "
+                "they are not installed or could not be loaded)"
+            )
     return TypeError(
         f"{where} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
         f"expected some of: {', '.join(allowed)}{missing}"

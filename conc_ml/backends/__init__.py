@@ -202,13 +202,14 @@ def _as_backend(name: str, made: object) -> Backend:
 def backend_setting(name: str) -> tuple[str, BackendSetting] | None:
     """The backend that declares the ``config()`` setting ``name``, and the setting; ``None`` if none does.
 
-    Backends already in use are asked first; others are loaded (not those whose
-    dependencies are missing) only when they must be.
+    Backends already in use are asked first; others are loaded only when they must be.
+    One that cannot be loaded (not installed, or broken) is not asked: its own calls say
+    what is wrong with it, and a ``config()`` for another backend must not fail on it.
     """
     for backend_name in [*_instances, *sorted(set(_registered_names()) - set(_instances))]:
         try:
             backend = get_backend(backend_name)
-        except BackendUnavailableError:
+        except Exception:
             continue
         setting = backend.settings.get(name)
         if setting is not None:
@@ -239,7 +240,7 @@ def setting_names() -> tuple[list[str], list[str]]:
     for backend_name in sorted(_registered_names()):
         try:
             names.update(get_backend(backend_name).settings)
-        except BackendUnavailableError:
+        except Exception:  # not installed, or broken: see backend_setting
             unavailable.append(backend_name)
     return sorted(names), unavailable
 

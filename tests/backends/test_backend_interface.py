@@ -135,6 +135,15 @@ def test_an_object_that_is_no_backend_is_refused_with_what_it_lacks() -> None:
         get_backend("nothing")
 
 
+def test_a_broken_backend_does_not_break_the_settings_of_the_others() -> None:
+    register_backend("nothing", object)
+    register_backend("recording", RecordingBackend)
+    with conc_ml.config(shelf=3):
+        assert conc_ml._options.current_config()["shelf"] == 3
+    with pytest.raises(TypeError, match=r"'shelves'.*shelf.*backends nothing are unknown: .*could not be loaded"):
+        conc_ml.config(shelves=1).__enter__()
+
+
 def test_running_in_the_event_loop_needs_a_way_to_open_a_runner_there() -> None:
     class Claims(RecordingBackend):
         runs_in_event_loop: ClassVar[bool] = True
