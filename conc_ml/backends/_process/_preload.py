@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import importlib
 import os
@@ -39,7 +40,7 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 #: the same names as in conc_ml.backends._process._forkserver (not imported from it: it imports conc_ml's backends)
 _VARIABLE = "CONC_ML_PRELOAD_MODULES"
@@ -106,7 +107,8 @@ def main(listener_fd: int, alive_r: int, modules: list[str]) -> None:
 
 
 def _serve(listener_fd: int, alive_r: int) -> None:
-    from multiprocessing import forkserver, reduction, util
+    """Fork a worker for each request on ``listener_fd`` until ``alive_r`` reaches EOF."""
+    from multiprocessing import forkserver, util
 
     util._close_stdin()  # type: ignore[attr-defined]
     sig_r, sig_w = os.pipe()
@@ -115,15 +117,15 @@ def _serve(listener_fd: int, alive_r: int) -> None:
     handlers: dict[signal.Signals, Any] = {signal.SIGCHLD: lambda *_: None, signal.SIGINT: signal.SIG_IGN}
     old_handlers = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     signal.set_wakeup_fd(sig_w)
-    pid_to_fd: dict[int, int] = {}
+    #: each worker's pid, and the pipe that tells its caller the worker's exit code
+    children: dict[int, int] = {}
     try:
         with (
             socket.socket(socket.AF_UNIX, fileno=listener_fd) as listener,
             selectors.DefaultSelector() as selector,
         ):
-            selector.register(listener, selectors.EVENT_READ)
-            selector.register(alive_r, selectors.EVENT_READ)
-            selector.register(sig_r, selectors.EVENT_READ)
+            for source in (listener, alive_r, sig_r):
+                selector.register(source, selectors.EVENT_READ)
             while True:
                 ready = [key.fileobj for key, _ in selector.select()]
                 if alive_r in ready:
@@ -132,42 +134,77 @@ def _serve(listener_fd: int, alive_r: int) -> None:
                     return
                 if sig_r in ready:
                     os.read(sig_r, 65536)
-                    _reap(pid_to_fd, forkserver.write_signed)
+                    _reap(children, forkserver.write_signed)
                 if listener in ready:
-                    try:
-                        connection = listener.accept()[0]
-                    except OSError as error:
-                        if error.errno == errno.ECONNABORTED:
-                            continue
-                        raise
-                    with connection:
-                        fds = reduction.recvfds(connection, MAXFDS_TO_SEND + 1)
-                    if len(fds) > MAXFDS_TO_SEND:
-                        raise RuntimeError(f"too many ({len(fds)}) fds to send")
-                    child_r, child_w, *inherited = fds
-                    pid = os.fork()
-                    if pid == 0:
-                        code = 1
-                        try:
-                            listener.close()
-                            selector.close()
-                            for fd in (alive_r, child_w, sig_r, sig_w, *pid_to_fd.values()):
-                                os.close(fd)
-                            code = _serve_one(child_r, inherited, old_handlers)
-                        except Exception:
-                            sys.excepthook(*sys.exc_info())
-                            sys.stderr.flush()
-                        finally:
-                            os._exit(code)
-                    with contextlib.suppress(BrokenPipeError):
-                        forkserver.write_signed(child_w, pid)
-                    pid_to_fd[pid] = child_w
-                    for fd in (child_r, *inherited):
-                        os.close(fd)
+                    fds = _receive_request(listener)
+                    if fds is not None:
+                        server = _ServerFiles(listener, selector, (alive_r, sig_r, sig_w))
+                        _fork_worker(fds, server, children, old_handlers)
     finally:
-        for pid in pid_to_fd:
+        for pid in children:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _receive_request(listener: socket.socket) -> list[int] | None:
+    """The fds of one caller's request to start a worker (``None``: the caller gave up connecting)."""
+    from multiprocessing import reduction
+
+    try:
+        connection = listener.accept()[0]
+    except OSError as error:
+        if error.errno == errno.ECONNABORTED:
+            return None
+        raise
+    with connection:
+        fds = reduction.recvfds(connection, MAXFDS_TO_SEND + 1)
+    if len(fds) > MAXFDS_TO_SEND:
+        raise RuntimeError(f"too many ({len(fds)}) fds to send")
+    return fds
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ServerFiles:
+    """What the server holds open and a forked worker must close first."""
+
+    listener: socket.socket
+    selector: selectors.BaseSelector
+    fds: tuple[int, ...]
+
+
+def _fork_worker(
+    fds: list[int], server: _ServerFiles, children: dict[int, int], handlers: dict[signal.Signals, Any]
+) -> None:
+    """Fork one worker for a request (``fds``: its pipes, then what it inherits) and tell the caller its pid."""
+    from multiprocessing import forkserver
+
+    child_r, child_w, *inherited = fds
+    pid = os.fork()
+    if pid == 0:
+        _become_worker(child_r, (child_w, *children.values()), inherited, server, handlers)
+    with contextlib.suppress(BrokenPipeError):
+        forkserver.write_signed(child_w, pid)
+    children[pid] = child_w
+    for fd in (child_r, *inherited):
+        os.close(fd)
+
+
+def _become_worker(
+    child_r: int, foreign: tuple[int, ...], inherited: list[int], server: _ServerFiles, handlers: dict[Any, Any]
+) -> NoReturn:
+    """In the child just forked: let go of the server's files, run the worker, and exit with its code."""
+    code = 1
+    try:
+        server.listener.close()
+        server.selector.close()
+        for fd in (*server.fds, *foreign):
+            os.close(fd)
+        code = _serve_one(child_r, inherited, handlers)
+    except Exception:
+        sys.excepthook(*sys.exc_info())
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 def _remove_socket_file(address: object) -> None:
