@@ -215,19 +215,11 @@ class _Comparer:
         )
 
     def _compare_same_type(self, actual: Any, expected: Any, path: str) -> Difference | None:  # noqa: PLR0911 (a dispatch)
-        if actual is None or isinstance(actual, str | bytes | bytearray | range):
-            return self._compare_with_eq(actual, expected, path, known=True)
-        if isinstance(actual, bool):
-            if actual == expected:
-                return None
-            return Difference(path, f"actual {actual!r}, expected {expected!r}", MISMATCH)
-        if isinstance(actual, int):
-            return self._compare_ints(actual, expected, path)
-        if isinstance(actual, float | complex | np.generic):
-            return self._compare_arrays(np.asarray(actual), np.asarray(expected), path, _index_suffix)
-        if isinstance(actual, np.ndarray):
-            return self._compare_ndarray(actual, expected, path)
-        special = self._compare_library_object(actual, expected, path)
+        # The most specific kinds first: scalars and arrays, objects of the libraries
+        # conc_ml.testing knows, containers; anything else by its attributes or by ==.
+        special = self._compare_scalar_or_array(actual, expected, path)
+        if special is NotImplemented:
+            special = self._compare_library_object(actual, expected, path)
         if special is not NotImplemented:
             assert special is None or isinstance(special, Difference)
             return special
@@ -244,6 +236,22 @@ class _Comparer:
             if state_a is not None and state_e is not None:
                 return self._compare_attributes(state_a, state_e, path)
         return self._compare_with_eq(actual, expected, path, known=False)
+
+    def _compare_scalar_or_array(self, actual: Any, expected: Any, path: str) -> object:  # noqa: PLR0911 (a dispatch)
+        """Strings, numbers and numpy arrays; ``NotImplemented`` for anything else."""
+        if actual is None or isinstance(actual, str | bytes | bytearray | range):
+            return self._compare_with_eq(actual, expected, path, known=True)
+        if isinstance(actual, bool):
+            if actual == expected:
+                return None
+            return Difference(path, f"actual {actual!r}, expected {expected!r}", MISMATCH)
+        if isinstance(actual, int):
+            return self._compare_ints(actual, expected, path)
+        if isinstance(actual, float | complex | np.generic):
+            return self._compare_arrays(np.asarray(actual), np.asarray(expected), path, _index_suffix)
+        if isinstance(actual, np.ndarray):
+            return self._compare_ndarray(actual, expected, path)
+        return NotImplemented
 
     def _compare_library_object(self, actual: Any, expected: Any, path: str) -> object:  # noqa: PLR0911 (a dispatch)
         """Objects of optional libraries and of numpy.random; ``NotImplemented`` if none applies."""

@@ -127,45 +127,13 @@ def assert_parallel_equivalent(
     :raises BackendUnavailableError: if a backend is unknown or not installed.
     :raises ConcMLError: the error of the sequential run, if conc-ml itself refused it.
     """
-    if isinstance(func, BoundParallelFunction):
-        # A method looked up on an instance: the same call as the class's function with
-        # the instance first.
-        args = (func._target, *args)
-        func = func._function
-    if not isinstance(func, ParallelFunction | AsyncParallelFunction):
-        raise TypeError(
-            f"assert_parallel_equivalent needs a function decorated with @conc_ml.parallel, "
-            f"got {type(func).__qualname__} {func!r}"
-        )
+    func, args = _decorated_function(func, args)
     rtol, atol = check_tolerances(rtol, atol)
     backend_names = _choices("backends", DEFAULT_BACKENDS if backends is None else backends, single=(str,))
     worker_counts = _choices("workers", workers, single=(int,))
     chunk_counts = _choices("chunks", chunks, single=(int,))
     name = getattr(func.__wrapped__, "__qualname__", repr(func.__wrapped__))
-    rng_param = func._call_signature.rng_param
-    if seed is None and rng_param is not None:
-        raise ValueError(
-            f"{name}() takes {rng_param!r}, so seed=None would give every run fresh random streams and "
-            "no two runs could agree; pass an int seed"
-        )
-    bound = func._call_signature.bind(args, kwargs, apply_defaults=False)
-    for parameter, value in bound.arguments.items():
-        if isinstance(value, Iterator):
-            raise TypeError(
-                f"argument {parameter!r} of {name}() is an iterator, which the first run would use up; "
-                "pass a list (or another sequence) so that every run gets the whole input"
-            )
-    snapshot = _snapshot(bound.arguments)
-
-    def check_input(what: str) -> None:
-        if snapshot is None:
-            return
-        found = find_difference(dict(bound.arguments), snapshot, name="arguments")
-        if found is not None:
-            raise ParityError(
-                f"{name}() changed its input during {what}: {found}. Threads see such changes and processes "
-                "do not, so results would depend on the backend; copy the input inside the function first"
-            )
+    check_input = _InputCheck(name, _whole_input(func, name, seed, args, kwargs))
 
     # Build every variant first: bad options fail before anything runs.
     variants: list[tuple[str, Any, Any, _Decorated]] = []
@@ -177,31 +145,25 @@ def assert_parallel_equivalent(
             overrides["chunks"] = chunk_count
         variants.append((backend, worker_count, chunk_count, func.options(**overrides)))
 
-    references: dict[tuple[Any, Any], _Outcome] = {}
     whole_outcome: _Outcome | None = None
     if whole:
         whole_outcome = _outcome(functools.partial(_call_whole, func, args, kwargs, seed))
         check_input(f"the call of {name}() on the whole input")
 
+    references: dict[tuple[Any, Any], _Outcome] = {}
     for backend, worker_count, chunk_count, variant in variants:
         setting = f"workers={worker_count!r}, chunks={chunk_count!r}"
         key = (worker_count, chunk_count)
         if key not in references:
-            reference = _outcome(functools.partial(_run_sequential, variant, args, kwargs))
-            if isinstance(reference.error, ConcMLError):
-                # conc-ml refused the call itself (an input it cannot split, ...): that every
-                # run fails alike would prove nothing, so it is not an "equivalent" error.
-                raise reference.error
-            check_input(f"{name}.sequential() with {setting}")
-            references[key] = reference
+            references[key] = _reference(variant, args, kwargs, f"{name}.sequential() with {setting}", check_input)
             if whole_outcome is not None:
-                problem = _same_outcome(reference, whole_outcome, rtol, atol)
+                problem = _same_outcome(references[key], whole_outcome, rtol, atol)
                 if problem is not None:
                     raise ParityError(
                         f"{name}.sequential() with {setting}, seed={seed!r} differs from {name}() called on the "
                         f"whole input (whole=True; this holds only for chunk-invariant functions whose combine "
                         f"rebuilds the whole output): {problem}"
-                    ) from reference.error
+                    ) from references[key].error
         outcome = _outcome(functools.partial(_run_parallel, variant, args, kwargs))
         check_input(f"the run on backend {backend!r} with {setting}")
         problem = _same_outcome(outcome, references[key], rtol, atol)
@@ -210,6 +172,83 @@ def assert_parallel_equivalent(
                 f"{name}() on backend {backend!r} with {setting}, seed={seed!r} differs from {name}.sequential(): "
                 f"{problem}"
             ) from outcome.error
+
+
+def _decorated_function(func: object, args: tuple[Any, ...]) -> tuple[_Decorated, tuple[Any, ...]]:
+    """The ``@parallel`` function to run, and its positional arguments.
+
+    :raises TypeError: if ``func`` is not a ``@parallel`` function.
+    """
+    if isinstance(func, BoundParallelFunction):
+        # A method looked up on an instance: the same call as the class's function with
+        # the instance first.
+        args = (func._target, *args)
+        func = func._function
+    if not isinstance(func, ParallelFunction | AsyncParallelFunction):
+        raise TypeError(
+            f"assert_parallel_equivalent needs a function decorated with @conc_ml.parallel, "
+            f"got {type(func).__qualname__} {func!r}"
+        )
+    return func, args
+
+
+def _whole_input(
+    func: _Decorated, name: str, seed: Seed, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The call's arguments by parameter name, checked to be the same input for every run.
+
+    :raises ValueError: if ``seed`` is ``None`` while ``func`` takes ``rng``.
+    :raises TypeError: if an argument is an iterator (the first run would use it up).
+    """
+    rng_param = func._call_signature.rng_param
+    if seed is None and rng_param is not None:
+        raise ValueError(
+            f"{name}() takes {rng_param!r}, so seed=None would give every run fresh random streams and "
+            "no two runs could agree; pass an int seed"
+        )
+    arguments = func._call_signature.bind(args, kwargs, apply_defaults=False).arguments
+    for parameter, value in arguments.items():
+        if isinstance(value, Iterator):
+            raise TypeError(
+                f"argument {parameter!r} of {name}() is an iterator, which the first run would use up; "
+                "pass a list (or another sequence) so that every run gets the whole input"
+            )
+    return arguments
+
+
+class _InputCheck:
+    """Checks, after each run, that the function left its input as it was."""
+
+    def __init__(self, name: str, arguments: dict[str, Any]):
+        self.name = name
+        self.arguments = arguments
+        self.snapshot = _snapshot(arguments)
+
+    def __call__(self, what: str) -> None:
+        """:raises ParityError: if the run ``what`` changed the input."""
+        if self.snapshot is None:
+            return
+        found = find_difference(dict(self.arguments), self.snapshot, name="arguments")
+        if found is not None:
+            raise ParityError(
+                f"{self.name}() changed its input during {what}: {found}. Threads see such changes and processes "
+                "do not, so results would depend on the backend; copy the input inside the function first"
+            )
+
+
+def _reference(
+    variant: _Decorated, args: tuple[Any, ...], kwargs: dict[str, Any], what: str, check_input: _InputCheck
+) -> _Outcome:
+    """The sequential run that the runs with the same chunking are compared to.
+
+    :raises ConcMLError: if conc-ml refused the call itself (an input it cannot split, ...):
+        that every run fails alike would prove nothing, so it is not an "equivalent" error.
+    """
+    reference = _outcome(functools.partial(_run_sequential, variant, args, kwargs))
+    if isinstance(reference.error, ConcMLError):
+        raise reference.error
+    check_input(what)
+    return reference
 
 
 def _run_sequential(variant: _Decorated, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
