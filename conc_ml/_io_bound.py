@@ -252,6 +252,149 @@ class _ThreadAttempt:
     given_up: bool = False
 
 
+class _ThreadScheduler:
+    """The bookkeeping of one threaded map: which item starts next, and what each end means.
+
+    It starts attempts when a thread is free (and the rate allows), reads items only as
+    fast as threads free up, queues retries after their backoff, and gives up attempts
+    past their deadline: a given-up attempt is left on its daemon thread and a fresh
+    thread takes its slot. The caller's loop drives it and yields what it settles.
+    """
+
+    def __init__(
+        self,
+        executor: InterruptibleThreadPool,
+        call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]],
+        items: Iterable[Any],
+        *,
+        options: IOBoundOptions,
+        rate: RateLimiter | None,
+        window: int,
+        timeout_error: Callable[[], Exception],
+    ):
+        """:param call: the function, and the arguments that follow the item in every call.
+        :param window: how many items may be read and not yet finished.
+        :param timeout_error: what an attempt past its deadline fails with.
+        """
+        self.executor = executor
+        self._func, self._args, self._kwargs = call
+        self._source = enumerate(items)
+        self._options = options
+        self._rate = rate
+        self._window = window
+        self._timeout_error = timeout_error
+        self._exhausted = False
+        self._held: dict[int, tuple[Any, RetryState]] = {}  # items read and not yet finished
+        self._ready: collections.deque[int] = collections.deque()
+        self._backing_off: list[tuple[float, int]] = []  # heap of (due time, index)
+        self.running: dict[concurrent.futures.Future[Any], _ThreadAttempt] = {}
+        self._live = 0  # attempts running and not given up
+        self._slot: float | None = None  # a reserved rate slot, not yet used
+        self._completions: queue.SimpleQueue[concurrent.futures.Future[Any]] = queue.SimpleQueue()
+
+    def start_attempts(self) -> None:
+        """Start attempts while a thread is free: retries whose backoff is over first, then new items."""
+        now = time.monotonic()
+        while self._backing_off and self._backing_off[0][0] <= now:
+            self._ready.append(heapq.heappop(self._backing_off)[1])
+        # Items are read only when a thread is free for them, so that a slow or endless
+        # iterator is consumed at the pace of the calls.
+        while self._live < self._options.concurrency:
+            if not self._ready and not self._read_item():
+                break
+            now = time.monotonic()
+            if self._rate is not None:
+                self._slot = self._rate.reserve() if self._slot is None else self._slot
+                if self._slot > now:
+                    break
+                self._slot = None
+            self._start(self._ready.popleft(), now)
+
+    def _read_item(self) -> bool:
+        """Read the next item if the window allows; whether one is ready now."""
+        if self._exhausted or len(self._held) >= self._window:
+            return False
+        entry = next(self._source, None)
+        if entry is None:
+            self._exhausted = True
+            return False
+        self._held[entry[0]] = (entry[1], RetryState(self._options))
+        self._ready.append(entry[0])
+        return True
+
+    def _start(self, index: int, now: float) -> None:
+        deadline = math.inf if self._options.timeout is None else now + self._options.timeout
+        future = self.executor.submit(self._func, self._held[index][0], *self._args, **self._kwargs)
+        self.running[future] = _ThreadAttempt(index, deadline)
+        self._live += 1
+        future.add_done_callback(self._completions.put)
+
+    def finished(self) -> bool:
+        """Whether every item was read and has ended."""
+        return self._exhausted and not self._held
+
+    def wait_for_completions(self) -> list[concurrent.futures.Future[Any]]:
+        """Wait until an attempt ends, a deadline or backoff passes, or the rate allows a start."""
+        wake = min(
+            [a.deadline for a in self.running.values() if not a.given_up]
+            + [self._backing_off[0][0] if self._backing_off else math.inf]
+            + [self._slot if self._slot is not None else math.inf]
+        )
+        wait = None if wake == math.inf else max(0.0, wake - time.monotonic())
+        done: list[concurrent.futures.Future[Any]] = []
+        if self.running:
+            with contextlib.suppress(queue.Empty):
+                done.append(self._completions.get(timeout=wait))
+                while True:
+                    done.append(self._completions.get_nowait())
+        else:
+            # Nothing in flight: only a backoff or the rate holds the next start.
+            time.sleep(wait or 0.0)
+        return done
+
+    def settle(self, done: list[concurrent.futures.Future[Any]], now: float) -> Iterator[ItemOutcome]:
+        """The outcomes of the items whose attempts in ``done`` ended them.
+
+        :raises BaseException: what is not an ``Exception`` (``KeyboardInterrupt`` in a call).
+        """
+        for future in done:
+            attempt = self.running.pop(future)
+            if attempt.given_up:
+                self.executor.add_threads(-1)  # its thread is free again
+                continue
+            self._live -= 1
+            error = future.exception()
+            if error is None:
+                _, retry = self._held.pop(attempt.index)
+                yield ItemOutcome(attempt.index, future.result(), None, retry.attempts)
+            elif isinstance(error, Exception):
+                outcome = self._failed(attempt, error, now)
+                if outcome is not None:
+                    yield outcome
+            else:
+                raise error
+
+    def give_up_late(self, now: float) -> Iterator[ItemOutcome]:
+        """Give up the attempts past their deadline: the outcomes of the items that ends."""
+        expired = [a for a in self.running.values() if not a.given_up and a.deadline <= now]
+        for attempt in expired:
+            attempt.given_up = True
+            self._live -= 1
+            self.executor.add_threads(1)  # a fresh thread takes the abandoned one's slot
+            outcome = self._failed(attempt, self._timeout_error(), now)
+            if outcome is not None:
+                yield outcome
+
+    def _failed(self, attempt: _ThreadAttempt, error: Exception, now: float) -> ItemOutcome | None:
+        retry = self._held[attempt.index][1]
+        delay = retry.after_failure(error)
+        if delay is not None:
+            heapq.heappush(self._backing_off, (now + delay, attempt.index))
+            return None
+        del self._held[attempt.index]
+        return ItemOutcome(attempt.index, None, error, retry.attempts)
+
+
 @dataclasses.dataclass(slots=True)
 class _LoopState:
     """Per event loop: the function's limiter."""
@@ -741,101 +884,26 @@ class IOBoundFunction(_IOBoundBase[P, R]):
         backoff. A given-up attempt is abandoned on its daemon thread and a fresh thread
         takes its slot, so that a stuck call never holds the others past its timeout.
         """
-        options = self._options
-        func = self.__wrapped__
-        source = enumerate(items)
-        exhausted = False
-        held: dict[int, tuple[Any, RetryState]] = {}  # items read and not yet finished
-        ready: collections.deque[int] = collections.deque()
-        backing_off: list[tuple[float, int]] = []  # heap of (due time, index)
-        running: dict[concurrent.futures.Future[Any], _ThreadAttempt] = {}
-        live = 0  # attempts running and not given up
-        slot: float | None = None  # a reserved rate slot, not yet used
-        completions: queue.SimpleQueue[concurrent.futures.Future[Any]] = queue.SimpleQueue()
-        executor = self._pool()
+        scheduler = _ThreadScheduler(
+            self._pool(),
+            (self.__wrapped__, args, kwargs),
+            items,
+            options=self._options,
+            rate=self._rate,
+            window=self._window,
+            timeout_error=lambda: self._timeout_error(in_thread=True),
+        )
         watch = InterruptWatch()
         interrupted = False
-
-        def failed(attempt: _ThreadAttempt, error: Exception, now: float) -> ItemOutcome | None:
-            retry = held[attempt.index][1]
-            delay = retry.after_failure(error)
-            if delay is not None:
-                heapq.heappush(backing_off, (now + delay, attempt.index))
-                return None
-            del held[attempt.index]
-            return ItemOutcome(attempt.index, None, error, retry.attempts)
-
         try:
             while True:
-                now = time.monotonic()
-                while backing_off and backing_off[0][0] <= now:
-                    ready.append(heapq.heappop(backing_off)[1])
-                # Items are read only when a thread is free for them, so that a slow or
-                # endless iterator is consumed at the pace of the calls.
-                while live < options.concurrency:
-                    if not ready:
-                        if exhausted or len(held) >= self._window:
-                            break
-                        entry = next(source, None)
-                        if entry is None:
-                            exhausted = True
-                            break
-                        held[entry[0]] = (entry[1], RetryState(options))
-                        ready.append(entry[0])
-                    now = time.monotonic()
-                    if self._rate is not None:
-                        slot = self._rate.reserve() if slot is None else slot
-                        if slot > now:
-                            break
-                        slot = None
-                    index = ready.popleft()
-                    deadline = math.inf if options.timeout is None else now + options.timeout
-                    future = executor.submit(func, held[index][0], *args, **kwargs)
-                    running[future] = _ThreadAttempt(index, deadline)
-                    live += 1
-                    future.add_done_callback(completions.put)
-                if exhausted and not held:
+                scheduler.start_attempts()
+                if scheduler.finished():
                     return
-                wake = min(
-                    [a.deadline for a in running.values() if not a.given_up]
-                    + [backing_off[0][0] if backing_off else math.inf]
-                    + [slot if slot is not None else math.inf]
-                )
-                wait = None if wake == math.inf else max(0.0, wake - time.monotonic())
-                done: list[concurrent.futures.Future[Any]] = []
-                if running:
-                    with contextlib.suppress(queue.Empty):
-                        done.append(completions.get(timeout=wait))
-                        while True:
-                            done.append(completions.get_nowait())
-                else:
-                    # Nothing in flight: only a backoff or the rate holds the next start.
-                    time.sleep(wait or 0.0)
+                done = scheduler.wait_for_completions()
                 now = time.monotonic()
-                for future in done:  # in completion order
-                    attempt = running.pop(future)
-                    if attempt.given_up:
-                        executor.add_threads(-1)  # its thread is free again
-                        continue
-                    live -= 1
-                    error = future.exception()
-                    if error is None:
-                        _, retry = held.pop(attempt.index)
-                        yield ItemOutcome(attempt.index, future.result(), None, retry.attempts)
-                    elif isinstance(error, Exception):
-                        outcome = failed(attempt, error, now)
-                        if outcome is not None:
-                            yield outcome
-                    else:
-                        raise error
-                expired = [a for a in running.values() if not a.given_up and a.deadline <= now]
-                for attempt in expired:
-                    attempt.given_up = True
-                    live -= 1
-                    executor.add_threads(1)  # a fresh thread takes the abandoned one's slot
-                    outcome = failed(attempt, self._timeout_error(in_thread=True), now)
-                    if outcome is not None:
-                        yield outcome
+                yield from scheduler.settle(done, now)  # in completion order
+                yield from scheduler.give_up_late(now)
         except BaseException as error:
             if not isinstance(error, Exception | GeneratorExit) or (
                 isinstance(error, GeneratorExit) and watch.interrupted()
@@ -843,13 +911,13 @@ class IOBoundFunction(_IOBoundBase[P, R]):
                 # Ctrl-C, here or in the body of the caller's loop over ``stream``: the
                 # running calls get KeyboardInterrupt too (they stop at their next Python
                 # instruction) and nobody waits for them.
-                executor.abandon(interrupt=True)
+                scheduler.executor.abandon(interrupt=True)
                 interrupted = True
             raise
         finally:
             watch.close()
             if not interrupted:
-                self._finish_threads(executor, running)
+                self._finish_threads(scheduler.executor, scheduler.running)
 
     def _finish_threads(
         self, executor: InterruptibleThreadPool, running: dict[concurrent.futures.Future[Any], _ThreadAttempt]
