@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import multiprocessing
 from collections.abc import Iterator
 
 __all__ = [
@@ -114,4 +113,6 @@ def in_daemonic_process() -> bool:
 
     Such a process may not start children of its own.
     """
+    import multiprocessing
+
     return bool(multiprocessing.current_process().daemon)

@@ -23,9 +23,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .backends._process._forkserver import modules_used_by
-
-__all__ = ["modules_used_by", "warm_up"]
+__all__ = ["warm_up"]
 
 
 def _import_in_worker(modules: tuple[str, ...]) -> int:
@@ -70,6 +68,7 @@ def warm_up(
     from ._validate import integer
     from .backends._process import _forkserver
     from .backends._process._backend import borrowed_pool
+    from .backends._process._forkserver import modules_used_by
 
     if workers is None:
         first = functions[0] if functions else None

@@ -11,7 +11,7 @@ import pytest
 
 import conc_ml
 from conc_ml import parallel
-from conc_ml._warm_up import modules_used_by
+from conc_ml.backends._process._forkserver import modules_used_by
 
 
 @parallel(backend="process", workers=2, combine="concat")
