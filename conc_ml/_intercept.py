@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ._split import is_lazy_iterable, plan_chunks
+
 if TYPE_CHECKING:
     from ._options import ParallelOptions
     from ._parallel import AsyncParallelFunction, ParallelFunction
@@ -68,12 +70,17 @@ class InterceptedCall:
         """
         function = self.function.options(**overrides)
         options = function.resolved_options()
+        workers = options.resolved_workers()
+        # Only binds and counts: no backend is started, nothing preloaded, no checkpoint opened.
+        signature = function._call_signature
         try:
-            prepared = function._prepare(self.args, self.kwargs, options, None)
+            names = signature.split_names(options.split)
+            values = signature.bind(self.args, self.kwargs).values(names)
+            plan = plan_chunks(values, names, chunks=options.chunks, chunk_size=options.chunk_size, workers=workers)
         except Exception:
             # The run itself reports a bad call; the shape then shows what the options say.
-            return options.backend, options.resolved_workers(), options.chunks
-        return prepared.backend_name, prepared.workers, prepared.plan.n_chunks
+            return options.backend, workers, options.chunks
+        return function._backend_name(options, None), workers, plan.n_chunks
 
     def replayable(self) -> InterceptedCall | None:
         """This call with lazy split arguments made lists, or ``None`` if it cannot be rerun.
@@ -81,8 +88,6 @@ class InterceptedCall:
         Lazy chunks are lists, so cutting the materialised list gives the same chunks. An
         iterator passed whole (not split) cannot be given twice: then ``None``.
         """
-        from ._split import is_lazy_iterable
-
         signature = self.function._call_signature
         try:
             bound = signature.bind(self.args, self.kwargs, apply_defaults=False)
