@@ -11,13 +11,15 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._methods import MethodKind, implicit_parameter
-from ._options import Split
 from ._runner import ChunkTask
+
+if TYPE_CHECKING:
+    from ._options import Split
 
 __all__ = ["RNG_PARAMETER", "BoundCall", "CallSignature"]
 
