@@ -184,37 +184,42 @@ class BenchSession:
         :param write: the terminal reporter's ``write_line``.
         :param width: the terminal's width; the table and legend fit it.
         """
+        lines: list[Line] = []
         if self.xdist_controller:
             warning = (
                 "conc-bench: WARNING: timing is off under pytest-xdist (workers share the CPUs); parity was still "
                 "checked. Run without -n to measure speedups."
             )
-            for text in wrap(warning, width):
-                write(text, yellow=True)
-        if not self.rows and self.left_alone:
-            write("conc-bench: no @parallel call was checked or timed")
-        elif not self.rows:
-            write("conc-bench: the tests that ran made no @parallel call")
-        else:
-            for text, markup in report_lines(self.rows, header=self._header(), timing=self.timing, width=width):
-                write(text, **markup)
-        for (reason, function), count in sorted(self.left_alone.items()):
-            for text in wrap(f"conc-bench: left alone {count} call(s) of {function} ({reason})", width):
-                write(text)
-        if self.baseline is not None and self.settings.compare is not None:
-            write("")
-            lines = comparison_lines(
-                self.comparisons, baseline=self.settings.compare, fail_percent=self.settings.compare_fail, width=width
+            lines.extend((text, {"yellow": True}) for text in wrap(warning, width))
+        if not self.rows:
+            nothing = (
+                "no @parallel call was checked or timed"
+                if self.left_alone
+                else "the tests that ran made no @parallel call"
             )
-            for text, markup in lines:
-                write(text, **markup)
-        for regression in self.regressions:
-            for text in wrap(f"conc-bench: REGRESSION {regression.describe()}", width):
-                write(text, red=True, bold=True)
-        for reason in self.unchecked_gates:
-            for text in wrap(f"conc-bench: GATE NOT CHECKED: {reason}", width):
-                write(text, red=True, bold=True)
-        for text, markup in self.notes:  # paths, kept whole on their line
+            lines.append((f"conc-bench: {nothing}", {}))
+        else:
+            lines.extend(report_lines(self.rows, header=self._header(), timing=self.timing, width=width))
+        for (reason, function), count in sorted(self.left_alone.items()):
+            lines.extend(
+                (text, {}) for text in wrap(f"conc-bench: left alone {count} call(s) of {function} ({reason})", width)
+            )
+        if self.baseline is not None and self.settings.compare is not None:
+            lines.append(("", {}))
+            lines.extend(
+                comparison_lines(
+                    self.comparisons,
+                    baseline=self.settings.compare,
+                    fail_percent=self.settings.compare_fail,
+                    width=width,
+                )
+            )
+        failures = [f"REGRESSION {regression.describe()}" for regression in self.regressions]
+        failures += [f"GATE NOT CHECKED: {reason}" for reason in self.unchecked_gates]
+        for failure in failures:
+            lines.extend((text, {"red": True, "bold": True}) for text in wrap(f"conc-bench: {failure}", width))
+        lines.extend(self.notes)  # paths, kept whole on their line
+        for text, markup in lines:
             write(text, **markup)
 
     def _header(self) -> str:
