@@ -7,6 +7,12 @@ delaying the next call. Each chunk sent to another process is therefore wrapped 
 :func:`run_unless_left`, which first looks for the call's flag file: the engine creates it
 when it leaves the call with such chunks in flight, and deletes it once they are all done
 (or at exit). One ``stat`` per chunk; nothing at all while the flag does not exist.
+
+A stream the main thread left suspended (``s = f.stream(x)``, then ``break``, and the
+script ends) is a left call too, though no ``break`` closed it: :func:`close_left_streams`
+closes it at exit, while the interpreter can still run its clean-up, rather than during the
+teardown of modules (where any import fails) after loky's exit handler has waited for its
+running chunks.
 """
 
 from __future__ import annotations
@@ -15,15 +21,18 @@ import atexit
 import concurrent.futures
 import contextlib
 import functools
+import inspect
 import itertools
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Collection
+import weakref
+from collections.abc import Callable, Collection, Generator
+from typing import Any
 
 from ._runner import ChunkOutcome, ChunkTask
 
-__all__ = ["LeftCallFlag", "run_unless_left"]
+__all__ = ["LeftCallFlag", "StreamConsumer", "close_left_streams", "run_unless_left", "watch_stream"]
 
 _numbers = itertools.count()
 _raised: set[str] = set()
@@ -93,3 +102,41 @@ def _lower_all() -> None:
         paths = list(_raised)
     for path in paths:
         _lower(path)
+
+
+class StreamConsumer:
+    """The thread that last asked a stream for its next item (set by the stream's own body)."""
+
+    __slots__ = ("thread",)
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+
+
+_open_streams: weakref.WeakKeyDictionary[Generator[Any, None, None], StreamConsumer] = weakref.WeakKeyDictionary()
+
+
+def watch_stream(stream: Generator[Any, None, None], consumer: StreamConsumer) -> None:
+    """Have :func:`close_left_streams` close ``stream`` at exit if the main thread left it suspended."""
+    _open_streams[stream] = consumer
+
+
+def close_left_streams() -> None:
+    """At exit: close the streams the main thread was consuming (nobody can resume them now).
+
+    Called from an exit handler that runs before the threads are joined. While a thread of
+    the program's own is still running, nothing is closed: it may read a stream the main
+    thread started (the pools' own threads do not count).
+    """
+    main = threading.main_thread()
+    if any(_may_read_streams(thread) for thread in threading.enumerate() if thread is not main):
+        return
+    for stream, consumer in list(_open_streams.items()):
+        if consumer.thread is main and inspect.getgeneratorstate(stream) == inspect.GEN_SUSPENDED:
+            with contextlib.suppress(Exception):
+                stream.close()
+
+
+def _may_read_streams(thread: threading.Thread) -> bool:
+    pools = ("concurrent.futures", "joblib.externals.loky", "loky")
+    return thread.is_alive() and not thread.daemon and not type(thread).__module__.startswith(pools)

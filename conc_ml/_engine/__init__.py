@@ -12,10 +12,12 @@ combined) or a stream, from sync or async code.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Iterable, Iterator
+import threading
+from collections.abc import AsyncGenerator, Generator, Iterable, Iterator
 from typing import Any
 
 from .._combine import combine_results
+from .._left_calls import StreamConsumer, watch_stream
 from .._runner import ChunkOutcome
 from .._split import Chunk
 from ._async import in_worker_thread, iter_outcomes_async, outcomes_from_thread
@@ -31,9 +33,21 @@ def run_call(call: PreparedCall) -> Any:
 
 
 def stream_call(call: PreparedCall) -> Iterator[tuple[int, Any]]:
-    """Yield ``(chunk index, result)`` as chunks finish; leaving early drops the queued chunks."""
+    """Yield ``(chunk index, result)`` as chunks finish; leaving early drops the queued chunks.
+
+    A stream the main thread leaves suspended is closed at exit (see :mod:`conc_ml._left_calls`).
+    """
+    consumer = StreamConsumer()
+    stream = _stream(call, consumer)
+    watch_stream(stream, consumer)
+    return stream
+
+
+def _stream(call: PreparedCall, consumer: StreamConsumer) -> Generator[tuple[int, Any], None, None]:
+    consumer.thread = threading.current_thread()
     for chunk, outcome in iter_outcomes(call):
         yield chunk.index, outcome.value
+        consumer.thread = threading.current_thread()
 
 
 async def run_call_async(call: PreparedCall) -> Any:

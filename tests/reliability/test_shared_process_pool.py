@@ -61,8 +61,11 @@ _PROGRAM = """
 def test_threads_and_concurrent_awaits_share_one_pool_of_workers(tmp_path: Path) -> None:
     program = write_program(tmp_path, _PROGRAM)
     result = result_of(run_program(program, cwd=tmp_path))
-    # Four threads and five awaits, each asking for two workers: two processes in all.
-    assert result == {"from_threads": 2, "in_all": 2}
+    # Four threads and five awaits, each asking for two workers: at most two processes in all
+    # (a pool per thread or per await would show up to eight). Fewer than two is possible: on a
+    # loaded machine one worker can take every chunk before the second one starts.
+    assert 1 <= result["from_threads"] <= 2
+    assert result["from_threads"] <= result["in_all"] <= 2
 
 
 _BESIDE_A_TIMEOUT = """

@@ -159,9 +159,9 @@ class _SharedPool:
     def give_back(self) -> None:
         with self._lock:
             self._users = max(0, self._users - 1)
-        self._stop_left_chunks_at_exit()
+        self.stop_left_chunks_at_exit()
 
-    def _stop_left_chunks_at_exit(self) -> None:
+    def stop_left_chunks_at_exit(self) -> None:
         """Have the interpreter's exit kill the workers of chunks that no call waits for.
 
         A call left early (``break`` out of a stream, Ctrl-C in the body of an ``async for``
@@ -182,8 +182,10 @@ class _SharedPool:
             threading._register_atexit(self._kill_left_chunks)  # type: ignore[attr-defined]
 
     def _kill_left_chunks(self) -> None:
+        from ..._left_calls import close_left_streams
         from . import _loky
 
+        close_left_streams()
         with self._lock:
             pool, users = self._pool, self._users
         if pool is not None and users == 0 and _loky.has_unfinished_work(pool):
@@ -265,6 +267,8 @@ class ProcessRunner:
         future: Future[ChunkOutcome] = self._sharing.submit(self._run, task)
         self._in_flight.add(future)
         future.add_done_callback(self._in_flight.discard)
+        # loky registered its exit handler when the pool started: ours must run first.
+        _shared_pool.stop_left_chunks_at_exit()
         return future
 
     def close(self, *, abort: bool, stop_running: bool) -> None:
