@@ -40,13 +40,15 @@ def same_models(left: list[tuple[int, object]], right: list[tuple[int, object]])
 def test_pipelined_equals_staged_and_holds_few_batches(address: tuple[str, int]) -> None:
     center, scale, test = calibrate(address, batch_id=N_BATCHES)
     batch_ids = list(range(N_BATCHES))
+    # Enough epochs that training a batch outweighs sending it to a worker and back.
+    epochs = 400
     # Two workers per stage whatever the machine, so that the bound below holds everywhere.
     with conc_ml.config(workers=2):
         LIVE_BATCHES.reset_peak()
-        pipelined = run_pipelined(batch_ids, address, center, scale, epochs=100)
+        pipelined = run_pipelined(batch_ids, address, center, scale, epochs=epochs)
         pipelined_peak = LIVE_BATCHES.peak
         LIVE_BATCHES.reset_peak()
-        staged = run_staged(batch_ids, address, center, scale, epochs=100)
+        staged = run_staged(batch_ids, address, center, scale, epochs=epochs)
         staged_peak = LIVE_BATCHES.peak
 
     assert [i for i, _ in pipelined] == batch_ids
