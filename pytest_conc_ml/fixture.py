@@ -214,21 +214,8 @@ def benchmark_call(
     call = replayable
     # The same seed on both sides: the results then depend on the chunking only.
     pinned: dict[str, Any] = {} if call.options.seed is not None else {"seed": secrets.randbits(63)}
-    if call.is_async:
-        template = Deferred(
-            call=call,
-            plan=plan,
-            recorder=recorder,
-            name=name,
-            slot=slot,
-            pristine=pristine,
-            pinned=pinned,
-            written=_AsWritten(None, None),
-        )
-        return _benchmark_async(template, defer)
-    # The call as written, on the test's own objects, comes first: the test gets its result.
-    value = call.run_as_written(**pinned)
-    checks = Deferred(
+    # What the call as written returned and left is filled in once it has run.
+    template = Deferred(
         call=call,
         plan=plan,
         recorder=recorder,
@@ -236,8 +223,13 @@ def benchmark_call(
         slot=slot,
         pristine=pristine,
         pinned=pinned,
-        written=_as_written(call, value, defer is not None),
+        written=_AsWritten(None, None),
     )
+    if call.is_async:
+        return _benchmark_async(template, defer)
+    # The call as written, on the test's own objects, comes first: the test gets its result.
+    value = call.run_as_written(**pinned)
+    checks = dataclasses.replace(template, written=_as_written(call, value, defer is not None))
     if defer is None:
         checks.run()
     else:
