@@ -61,26 +61,9 @@ def _wait_for_start(process: subprocess.Popen[str], marker: Path) -> None:
 )
 def test_ctrl_c_stops_the_call_and_leaves_no_process(tmp_path: Path, backend: str, to_group: bool) -> None:
     marker = tmp_path / "started"
-    process = subprocess.Popen(
-        scenario_command("interrupt", backend, str(marker)),
-        env=scenario_environment(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    process, descendants, stdout, stderr = _interrupt(
+        scenario_command("interrupt", backend, str(marker)), scenario_environment(tmp_path), marker, to_group
     )
-    try:
-        _wait_for_start(process, marker)
-        descendants = psutil.Process(process.pid).children(recursive=True)
-        if to_group:
-            os.killpg(process.pid, signal.SIGINT)
-        else:
-            os.kill(process.pid, signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=STOP_WITHIN)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
     assert "RESULT" not in stdout
     assert process.returncode in (-signal.SIGINT, 1), stderr
     assert stderr.rstrip().endswith("KeyboardInterrupt"), stderr
@@ -109,13 +92,25 @@ def test_ctrl_c_stops_a_call_on_the_embedded_dask_cluster_without_waiting_for_it
     env = scenario_environment(tmp_path)
     # dask keeps lock files in its scratch folder for good, by design: not in the checked folder.
     env["DASK_TEMPORARY_DIRECTORY"] = str(tmp_path_factory.mktemp("dask-scratch"))
+    process, descendants, _, stderr = _interrupt(
+        scenario_command("interrupt", "dask", str(marker)), env, marker, to_group
+    )
+    assert process.returncode in (-signal.SIGINT, 1), stderr
+    assert "\nKeyboardInterrupt\n" in stderr, stderr
+    assert "still alive after" not in stderr, stderr
+    assert not _survivors(descendants, within=STOP_WITHIN), "dask workers orphaned after Ctrl-C"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["started"]
+
+
+def _interrupt(
+    command: list[str], env: dict[str, str], marker: Path, to_group: bool
+) -> tuple[subprocess.Popen[str], list[psutil.Process], str, str]:
+    """Start ``command``, send one SIGINT once it has started, and wait (bounded) for it to end.
+
+    Gives the process, its descendants just before the signal, and its stdout and stderr.
+    """
     process = subprocess.Popen(
-        scenario_command("interrupt", "dask", str(marker)),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
         _wait_for_start(process, marker)
@@ -124,13 +119,9 @@ def test_ctrl_c_stops_a_call_on_the_embedded_dask_cluster_without_waiting_for_it
             os.killpg(process.pid, signal.SIGINT)
         else:
             os.kill(process.pid, signal.SIGINT)
-        _, stderr = process.communicate(timeout=STOP_WITHIN)
+        stdout, stderr = process.communicate(timeout=STOP_WITHIN)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
-    assert process.returncode in (-signal.SIGINT, 1), stderr
-    assert "\nKeyboardInterrupt\n" in stderr, stderr
-    assert "still alive after" not in stderr, stderr
-    assert not _survivors(descendants, within=STOP_WITHIN), "dask workers orphaned after Ctrl-C"
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["started"]
+    return process, descendants, stdout, stderr
