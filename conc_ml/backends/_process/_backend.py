@@ -140,6 +140,8 @@ class _SharedPool:
             if pool is None:
                 env = inner_thread_env(workers)
                 try:
+                    # Before the pool's semaphores register with it: the small tracker, not loky's.
+                    _loky.start_tracker()
                     pool = _loky.ProcessPoolExecutor(
                         max_workers=workers,
                         timeout=IDLE_TIMEOUT,

@@ -56,7 +56,6 @@ import multiprocessing.context
 import multiprocessing.forkserver
 import multiprocessing.popen_forkserver
 import multiprocessing.reduction
-import multiprocessing.resource_tracker
 import multiprocessing.spawn
 import multiprocessing.util
 import os
@@ -67,6 +66,8 @@ import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
+
+from . import _loky
 
 __all__ = ["START_METHODS", "context", "modules_used_by", "preload", "start", "start_method", "started"]
 
@@ -81,6 +82,7 @@ ALWAYS = (
     "joblib.externals.loky.process_executor",  # conc_ml.backends._process._loky.WORKER_MODULE
     "threadpoolctl",
     "conc_ml._runner",
+    "conc_ml.backends._process._loky",
     "conc_ml.backends._process._shared_memory",
     "conc_ml.backends._process._backend",
 )
@@ -105,7 +107,6 @@ class _Server(multiprocessing.forkserver.ForkServer):
 
     def ensure_running(self) -> None:
         with self._lock:  # type: ignore[attr-defined]
-            multiprocessing.resource_tracker.ensure_running()
             if self._forkserver_pid is not None:
                 pid, _ = os.waitpid(self._forkserver_pid, os.WNOHANG)
                 if not pid:
@@ -150,8 +151,8 @@ class _Server(multiprocessing.forkserver.ForkServer):
             parent_r, child_w = os.pipe()
             child_r, parent_w = os.pipe()
             try:
-                tracker: int = multiprocessing.resource_tracker.getfd()  # type: ignore[assignment]
-                sent = [child_r, child_w, tracker, *fds]
+                # The worker reports to loky's resource tracker, not to multiprocessing's.
+                sent = [child_r, child_w, _loky.tracker_fd(), *fds]
                 multiprocessing.reduction.sendfds(client, sent)
                 return parent_r, parent_w
             except BaseException:
@@ -307,7 +308,7 @@ class _Process(multiprocessing.context.ForkServerProcess):
         return _Popen(process_obj)
 
 
-class _Context(multiprocessing.context.ForkServerContext):
+class _Context(_loky.SynchronizationFromLoky, multiprocessing.context.ForkServerContext):
     Process = _Process
 
 

@@ -14,11 +14,19 @@ module is the one to fix.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.spawn
+import multiprocessing.util
+import os
 import queue
 import re
+import signal
+import sys
 from concurrent.futures import Executor
 from typing import Any
 
+# loky's backend package has an attribute ``synchronize`` that is multiprocessing's module:
+# ``from ... import synchronize`` would give that one.
+import joblib.externals.loky.backend.synchronize as synchronize  # noqa: PLR0402 - see above
 from joblib.externals import loky
 from joblib.externals.loky import process_executor as _process_executor
 from joblib.externals.loky.backend import resource_tracker
@@ -27,6 +35,7 @@ __all__ = [
     "BrokenProcessPool",
     "ProcessPoolExecutor",
     "ShutdownExecutorError",
+    "SynchronizationFromLoky",
     "TerminatedWorkerError",
     "cpu_count",
     "failed_in_worker",
@@ -37,8 +46,11 @@ __all__ = [
     "kill_workers",
     "loky",
     "register_file",
+    "start_tracker",
+    "tracker_fd",
     "unblock_call_queue",
     "unregister_file",
+    "use_tracker",
 ]
 
 ProcessPoolExecutor = loky.ProcessPoolExecutor
@@ -75,8 +87,118 @@ def failed_in_worker(error: BaseException) -> bool:
     return "task has failed to un-serialize" in str(error)
 
 
+#: the packages above loky's resource tracker, stood in for by empty packages in the tracker's
+#: program, so that importing the tracker does not run joblib's and loky's ``__init__``
+_TRACKER_PACKAGES = (
+    ("joblib", os.path.dirname(os.path.dirname(os.path.dirname(loky.__file__)))),
+    ("joblib.externals", os.path.dirname(os.path.dirname(loky.__file__))),
+    ("joblib.externals.loky", os.path.dirname(loky.__file__)),
+)
+
+_TRACKER_PROGRAM = """import sys, types
+for name, path in {packages!r}:
+    package = types.ModuleType(name)
+    package.__path__ = [path]
+    sys.modules[name] = package
+from joblib.externals.loky.backend.resource_tracker import main
+main({fd}, False)
+"""
+
+
+def start_tracker() -> None:
+    """Start loky's resource tracker as a small program, unless it runs already.
+
+    loky starts its tracker as ``from joblib.externals.loky.backend.resource_tracker import
+    main``, which runs joblib's ``__init__`` first: numpy, joblib's pools and cloudpickle,
+    24 MiB for a process that reads a pipe. This starts the same ``main`` with the three
+    packages above it replaced by empty ones (about 9 MiB), as loky's own launch does
+    otherwise: the same pipe, the same blocked signals while it starts. loky uses it as its
+    own (private attributes ``_lock``, ``_fd``, ``_pid``); if it dies, loky starts its own
+    again at the next use. Where joblib started the tracker first, that one is kept.
+    """
+    tracker: Any = resource_tracker._resource_tracker
+    with tracker._lock:
+        if tracker._fd is not None:
+            return
+        read, write = os.pipe()
+        try:
+            passed = [read]
+            with contextlib.suppress(Exception):
+                passed.append(sys.stderr.fileno())
+            executable = multiprocessing.spawn.get_executable()
+            program = _TRACKER_PROGRAM.format(packages=_TRACKER_PACKAGES, fd=read)
+            flags = multiprocessing.util._args_from_interpreter_flags()  # type: ignore[attr-defined]
+            arguments = [executable, *flags, "-P", "-c", program]
+            # As loky: the tracker ignores Ctrl-C once it runs, and must not die of one before.
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                pid = multiprocessing.util.spawnv_passfds(os.fsencode(executable), arguments, passed)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        except BaseException:
+            os.close(write)
+            raise
+        finally:
+            os.close(read)
+        tracker._fd, tracker._pid = write, pid
+
+
+def tracker_fd() -> int:
+    """The write end of loky's resource tracker's pipe (started first if need be), for a worker to inherit."""
+    start_tracker()
+    fd: int = resource_tracker._resource_tracker.getfd()
+    return fd
+
+
+def use_tracker(fd: int) -> None:
+    """In a worker forked from conc-ml's server: report to the caller's tracker, whose pipe is ``fd``."""
+    tracker: Any = resource_tracker._resource_tracker
+    tracker._fd, tracker._pid = fd, None
+
+
+class SynchronizationFromLoky:
+    """For a multiprocessing context: locks and semaphores that loky's resource tracker cleans up.
+
+    The standard library's register their names with multiprocessing's own resource
+    tracker, a second tracker process in the program (7 MiB) for the few semaphores of
+    the pool's queues; loky's do the same with loky's tracker, which conc-ml needs anyway.
+    These are the methods of loky's own context.
+    """
+
+    def Lock(self) -> Any:
+        """A lock shared with the workers."""
+        start_tracker()
+        return synchronize.Lock()
+
+    def RLock(self) -> Any:
+        """A recursive lock shared with the workers."""
+        start_tracker()
+        return synchronize.RLock()
+
+    def Semaphore(self, value: int = 1) -> Any:
+        """A semaphore shared with the workers."""
+        start_tracker()
+        return synchronize.Semaphore(value=value)
+
+    def BoundedSemaphore(self, value: int = 1) -> Any:
+        """A bounded semaphore shared with the workers."""
+        start_tracker()
+        return synchronize.BoundedSemaphore(value)
+
+    def Condition(self, lock: Any = None) -> Any:
+        """A condition variable shared with the workers."""
+        start_tracker()
+        return synchronize.Condition(lock)
+
+    def Event(self) -> Any:
+        """An event shared with the workers."""
+        start_tracker()
+        return synchronize.Event()
+
+
 def register_file(path: str) -> None:
     """Have loky's resource tracker delete ``path`` if this process dies without doing so."""
+    start_tracker()
     resource_tracker.register(path, "file")
 
 

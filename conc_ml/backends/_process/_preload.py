@@ -33,6 +33,7 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import gc
 import importlib
 import os
 import selectors
@@ -103,7 +104,22 @@ def main(listener_fd: int, alive_r: int, modules: list[str]) -> None:
     threaded = preload(names)
     if threaded is not None:
         _restart_without(threaded, names)
+    _freeze_objects()
     _serve(listener_fd, alive_r)
+
+
+def _freeze_objects() -> None:
+    """Keep the garbage collector of every worker off the objects imported here.
+
+    A worker shares the server's memory until it writes to a page. A collection walks
+    every object it tracks and writes to each one's header, so a worker's first full
+    collection copied most of the server's objects into it (measured with the medians
+    benchmark: a worker's private memory 23 MiB unfrozen, 14 MiB frozen). Frozen objects
+    are never collected again; they are the modules' own, which live as long as the
+    process anyway.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _serve(listener_fd: int, alive_r: int) -> None:
@@ -236,7 +252,9 @@ def _reap(pid_to_fd: dict[int, int], write_signed: Any) -> None:
 
 def _serve_one(child_r: int, fds: list[int], handlers: dict[Any, Any]) -> int:
     """In a freshly forked worker: run the process object the caller sends."""
-    from multiprocessing import forkserver, resource_tracker, spawn
+    from multiprocessing import forkserver, spawn
+
+    from conc_ml.backends._process import _loky  # preloaded: see _forkserver.ALWAYS
 
     server = os.getppid()
     _die_with_parent()
@@ -246,7 +264,7 @@ def _serve_one(child_r: int, fds: list[int], handlers: dict[Any, Any]) -> int:
     for sig, handler in handlers.items():
         signal.signal(sig, handler)
     tracker_fd, *inherited = fds
-    resource_tracker._resource_tracker._fd = tracker_fd  # type: ignore[attr-defined]
+    _loky.use_tracker(tracker_fd)
     forkserver._forkserver._inherited_fds = inherited  # type: ignore[attr-defined]
     parent_sentinel = os.dup(child_r)
     code: int = spawn._main(child_r, parent_sentinel)
