@@ -9,8 +9,13 @@ imports under ``if TYPE_CHECKING:`` do not: the type checker alone runs them.
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 import conc_ml
 
@@ -159,3 +164,43 @@ def test_an_import_for_the_type_checker_only_does_not(tmp_path: Path) -> None:
     assert graph["pkg.high"] == {"pkg.sub.low"}
     assert graph["pkg.sub.low"] == set()
     assert cycles(graph) == []
+
+
+# What ``import conc_ml`` and a ``@parallel`` call on processes load: the caller and the
+# workers' fork server both import conc_ml, so what it loads for nothing costs twice.
+_LOADED = """
+import json, sys
+import conc_ml
+
+def double(items):
+    return [2 * item for item in items]
+
+if __name__ == "__main__":
+    result = conc_ml.parallel(backend="process", workers=2, chunks=2, combine="concat")(double)([1, 2, 3])
+    loaded = sorted(name for name in ("anyio", "importlib.metadata", "conc_ml._io_bound") if name in sys.modules)
+    print(json.dumps({"result": result, "loaded": loaded}))
+"""
+
+
+def test_a_process_call_loads_neither_anyio_nor_the_entry_points(tmp_path: Path) -> None:
+    # Before: conc_ml imported anyio for io_bound and read every installed package's
+    # metadata (the backend entry points) to check the name "process": 4 MiB and 40 ms.
+    path = tmp_path / "program.py"
+    path.write_text(_LOADED)
+    run = subprocess.run(
+        [sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"result": [2, 4, 6], "loaded": []}
+
+
+def test_io_bound_and_its_classes_are_there_when_asked_for() -> None:
+    from conc_ml import AsyncIOBoundFunction, IOBoundFunction, io_bound
+    from conc_ml._io_bound import io_bound as defined
+
+    assert io_bound is defined is conc_ml.io_bound
+    assert isinstance(io_bound(len), IOBoundFunction)
+    assert AsyncIOBoundFunction.__module__ == "conc_ml._io_bound"
+    assert {"io_bound", "IOBoundFunction", "AsyncIOBoundFunction", "parallel"} <= set(dir(conc_ml))
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        conc_ml.nothing_here  # noqa: B018 - the attribute access is the test

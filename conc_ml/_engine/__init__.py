@@ -20,7 +20,6 @@ from .._combine import combine_results
 from .._left_calls import StreamConsumer, watch_stream
 from .._runner import ChunkOutcome
 from .._split import Chunk
-from ._async import in_worker_thread, iter_outcomes_async, outcomes_from_thread
 from ._state import PreparedCall
 from ._sync import iter_outcomes
 
@@ -52,6 +51,9 @@ def _stream(call: PreparedCall, consumer: StreamConsumer) -> Generator[tuple[int
 
 async def run_call_async(call: PreparedCall) -> Any:
     """Await every chunk of ``call`` and combine their results in chunk order."""
+    # Imported here: anyio is for async callers only (see conc_ml's __init__).
+    from ._async import in_worker_thread, iter_outcomes_async
+
     if _in_event_loop(call):
         return _combine(call, [item async for item in iter_outcomes_async(call)])
     return await in_worker_thread(call, lambda: run_call(call))
@@ -59,6 +61,8 @@ async def run_call_async(call: PreparedCall) -> Any:
 
 async def stream_call_async(call: PreparedCall) -> AsyncGenerator[tuple[int, Any], None]:
     """Yield ``(chunk index, result)`` as chunks finish, to async code."""
+    from ._async import iter_outcomes_async, outcomes_from_thread
+
     outcomes = iter_outcomes_async(call) if _in_event_loop(call) else outcomes_from_thread(call)
     async with contextlib.aclosing(outcomes) as items:
         async for chunk, outcome in items:
