@@ -3,7 +3,8 @@
 The OOM killer, a job scheduler or a crashed notebook kernel give no chance to clean up:
 the fork server and the workers must notice on their own, not linger for loky's idle
 timeout (or for good) holding memory, loky's semaphores in ``/dev/shm``, and the caller's
-stdout and stderr (a parent reading them would wait for ever).
+stdout and stderr (a parent reading them would wait for ever). Nor may the caller's
+segments stay in ``/dev/shm``, those of a result that a worker was sending included.
 """
 
 from __future__ import annotations
@@ -35,8 +36,25 @@ _PROGRAM = """
             time.sleep(0.01)
         return items
 
+    class Stuck:
+        # Stops a result half-way through being sent: its large array is in /dev/shm already.
+
+        def __init__(self, marker):
+            self.marker = marker
+
+        def __reduce__(self):
+            with open(self.marker, "a") as file:
+                file.write(f"{os.getpid()}\\n")
+            time.sleep(120)
+            return (Stuck, (self.marker,))
+
+    def returning(items, marker):
+        import numpy as np
+
+        return [(np.ones(1_000_000), Stuck(marker))]
+
     marker, state = sys.argv[1], sys.argv[2]
-    work = conc_ml.parallel(backend="process", workers=2, chunks=2)(busy)
+    work = conc_ml.parallel(backend="process", workers=2, chunks=2)(busy if state == "running" else returning)
     if state == "idle":
         conc_ml.parallel(backend="process", workers=2, chunks=2)(len)([1, 2])
         with open(marker, "a") as file:
@@ -62,7 +80,7 @@ def _wait_for(marker: Path, lines: int, process: subprocess.Popen[str]) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("state", ["running", "idle"])
+@pytest.mark.parametrize("state", ["running", "idle", "returning"])
 @pytest.mark.parametrize("method", ["forkserver", "loky"])
 def test_a_killed_caller_leaves_no_process_pipe_or_semaphore(tmp_path: Path, method: str, state: str) -> None:
     program = write_program(tmp_path, _PROGRAM)
@@ -78,7 +96,7 @@ def test_a_killed_caller_leaves_no_process_pipe_or_semaphore(tmp_path: Path, met
     )
     descendants: list[psutil.Process] = []
     try:
-        _wait_for(marker, 2 if state == "running" else 1, process)
+        _wait_for(marker, 1 if state == "idle" else 2, process)
         descendants = psutil.Process(process.pid).children(recursive=True)
         assert len(descendants) >= 2
         os.kill(process.pid, signal.SIGKILL)

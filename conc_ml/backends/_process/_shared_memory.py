@@ -820,13 +820,16 @@ class _ResultPickler(cloudpickle.Pickler):  # type: ignore[misc]
         path = f"{self._prefix}{secrets.token_hex(8)}"
         fd = -1
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            # Tracked first, with the caller's tracker (this worker's): killed callers take
+            # their workers with them, and the tracker then deletes what nobody claimed.
+            _track(path)
             self._created.append(path)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             _reserve(fd, nbytes)
             _write_bytes(fd, array.ctypes.data, nbytes)
         except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            self._created.remove(path)
+            _untrack_and_delete(path)
             return None
         finally:
             if fd >= 0:
@@ -845,8 +848,7 @@ def _claim_result(
     finally:
         os.close(fd)
         # The mapping keeps the memory; nobody else can reach it now.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        _untrack_and_delete(path)
     if address is None or address == ctypes.c_void_p(-1).value:
         code = ctypes.get_errno()
         raise OSError(code, f"conc-ml could not map a result of {nbytes} bytes: {os.strerror(code)}")
@@ -874,8 +876,7 @@ class _OutgoingOutcome:
             _ResultPickler(buffer, self.prefix, self.min_bytes, created).dump(self.outcome)
         except BaseException:
             for path in created:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+                _untrack_and_delete(path)
             raise
         return (pickle.loads, (buffer.getvalue(),))
 
@@ -906,9 +907,10 @@ def run_shared_chunk(
 
 
 def _delete_unclaimed(prefix: str) -> None:
+    # Each was tracked by the worker that wrote it.
     for path in glob.glob(glob.escape(prefix) + "*"):
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            _untrack_and_delete(path)
 
 
 class SharingExecutor(Executor):
