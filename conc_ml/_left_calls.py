@@ -35,8 +35,13 @@ from ._runner import ChunkOutcome, ChunkTask
 __all__ = ["LeftCallFlag", "StreamConsumer", "close_left_streams", "run_unless_left", "watch_stream"]
 
 _numbers = itertools.count()
-_raised: set[str] = set()
+#: each raised flag, and what undoes its tracking
+_raised: dict[str, Callable[[str], None]] = {}
 _raised_lock = threading.Lock()
+
+
+def _untracked(path: str) -> None:
+    """The ``track``/``untrack`` of a flag that no resource tracker looks after."""
 
 
 def _flag_folder() -> str:
@@ -52,12 +57,19 @@ def run_unless_left(flag: str, run: Callable[[ChunkTask], ChunkOutcome], task: C
 
 
 class LeftCallFlag:
-    """The flag of one call: wraps what its chunks run, and is raised when the call is left."""
+    """The flag of one call: wraps what its chunks run, and is raised when the call is left.
 
-    __slots__ = ("path",)
+    :param track: called with the flag's path once the file is created, so that a
+        resource tracker deletes it if this process is killed before it lowers the flag;
+    :param untrack: called with the path once the file is deleted.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("path", "track", "untrack")
+
+    def __init__(self, track: Callable[[str], None] = _untracked, untrack: Callable[[str], None] = _untracked) -> None:
         self.path = os.path.join(_flag_folder(), f"conc-ml-{os.getpid()}-left-{next(_numbers)}")
+        self.track = track
+        self.untrack = untrack
 
     def wrap(self, run: Callable[[ChunkTask], ChunkOutcome]) -> Callable[[ChunkTask], ChunkOutcome]:
         """What to submit instead of ``run`` for a chunk of this call."""
@@ -73,8 +85,10 @@ class LeftCallFlag:
                 pass
         except OSError:
             return  # no flag: the chunks run, as they would without one
+        # Tracked once it is up, not before: a worker may pick the next chunk meanwhile.
+        self.track(self.path)
         with _raised_lock:
-            _raised.add(self.path)
+            _raised[self.path] = self.untrack
         remaining = [len(left)]
         lock = threading.Lock()
 
@@ -90,10 +104,15 @@ class LeftCallFlag:
 
 
 def _lower(path: str) -> None:
+    # Once only, whoever comes first (the last chunk's callback, or the exit handler): a
+    # second "untrack" would be an error in the tracker.
+    with _raised_lock:
+        untrack = _raised.pop(path, None)
+    if untrack is None:
+        return
     with contextlib.suppress(OSError):
         os.unlink(path)
-    with _raised_lock:
-        _raised.discard(path)
+    untrack(path)
 
 
 @atexit.register

@@ -4,7 +4,8 @@ The OOM killer, a job scheduler or a crashed notebook kernel give no chance to c
 the fork server and the workers must notice on their own, not linger for loky's idle
 timeout (or for good) holding memory, loky's semaphores in ``/dev/shm``, and the caller's
 stdout and stderr (a parent reading them would wait for ever). Nor may the caller's
-segments stay in ``/dev/shm``, those of a result that a worker was sending included.
+segments stay in ``/dev/shm``, those of a result that a worker was sending included, nor
+the flag that tells the workers to skip the chunks of a call the caller left.
 """
 
 from __future__ import annotations
@@ -53,9 +54,30 @@ _PROGRAM = """
 
         return [(np.ones(1_000_000), Stuck(marker))]
 
+    def first_when_another_runs(items, marker):
+        if items == [1]:
+            deadline = time.monotonic() + 60
+            while not os.path.exists(marker) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return items
+        with open(marker, "a") as file:
+            file.write(f"{os.getpid()}\\n")
+        time.sleep(120)
+        return items
+
     marker, state = sys.argv[1], sys.argv[2]
     work = conc_ml.parallel(backend="process", workers=2, chunks=2)(busy if state == "running" else returning)
-    if state == "idle":
+    if state == "left":
+        # Left with chunks in flight: their "left" flag is up in /dev/shm while they run.
+        left = conc_ml.parallel(backend="process", workers=2, chunks=4)(first_when_another_runs)
+        for _ in left.stream([1, 2, 3, 4], marker):
+            break
+        import glob
+        flags = glob.glob(f"/dev/shm/conc-ml-{os.getpid()}-left-*")
+        with open(marker, "a") as file:
+            file.write(f"flags {len(flags)}\\n")
+        time.sleep(120)
+    elif state == "idle":
         conc_ml.parallel(backend="process", workers=2, chunks=2)(len)([1, 2])
         with open(marker, "a") as file:
             file.write("idle\\n")
@@ -80,7 +102,7 @@ def _wait_for(marker: Path, lines: int, process: subprocess.Popen[str]) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("state", ["running", "idle", "returning"])
+@pytest.mark.parametrize("state", ["running", "idle", "returning", "left"])
 @pytest.mark.parametrize("method", ["forkserver", "loky"])
 def test_a_killed_caller_leaves_no_process_pipe_or_semaphore(tmp_path: Path, method: str, state: str) -> None:
     program = write_program(tmp_path, _PROGRAM)
@@ -97,6 +119,8 @@ def test_a_killed_caller_leaves_no_process_pipe_or_semaphore(tmp_path: Path, met
     descendants: list[psutil.Process] = []
     try:
         _wait_for(marker, 1 if state == "idle" else 2, process)
+        if state == "left":
+            assert "flags 1" in marker.read_text().splitlines()
         descendants = psutil.Process(process.pid).children(recursive=True)
         assert len(descendants) >= 2
         os.kill(process.pid, signal.SIGKILL)

@@ -123,3 +123,48 @@ def test_a_call_whose_workers_another_call_stopped_gets_a_worker_crashed_error(t
     assert outcome["timed_out"] is True
     assert "another call sharing the process pool timed out or was interrupted" in outcome["beside"]
     assert outcome["next"] == [1, 1]
+
+
+# A call abandoned on its thread (an ``await`` cancelled by Ctrl-C under trio) gives the
+# pool back there while the main thread exits. This one starts giving it back once the
+# interpreter's exit has begun, and takes a moment, as stopping the workers does.
+_GIVEN_BACK_AT_EXIT = """
+    import sys, threading, time
+    import conc_ml
+    from conc_ml.backends._process._backend import _shared_pool
+
+    conc_ml.parallel(backend="process", workers=2, chunks=2)(len)([1, 2])
+    lent = threading.Event()
+
+    def given_back_at_exit():
+        _shared_pool.lend(2)
+        lent.set()
+        while not threading._SHUTTING_DOWN:  # set as the interpreter's exit begins
+            time.sleep(0.01)
+        time.sleep(0.3)
+        with open(sys.argv[1], "w") as marker:
+            marker.write("given back")
+        _shared_pool.give_back()
+
+    threading.Thread(target=given_back_at_exit, daemon=True).start()
+    lent.wait(60)
+"""
+
+
+def test_the_exit_lets_a_call_on_another_thread_give_the_pool_back(tmp_path: Path) -> None:
+    # Frozen half-way by the end of the interpreter, it left a semaphore unlinked but not
+    # unregistered, and the resource tracker printed a "leaked semlock" warning at exit.
+    program = write_program(tmp_path, _GIVEN_BACK_AT_EXIT)
+    marker = tmp_path / "given-back"
+    run = subprocess.run(
+        [sys.executable, str(program), str(marker)],
+        cwd=tmp_path,
+        env=program_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert marker.read_text() == "given back"
+    assert run.stderr == ""

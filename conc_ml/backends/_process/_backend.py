@@ -42,6 +42,8 @@ __all__ = [
 
 #: seconds an idle worker waits for work before loky shuts it down
 IDLE_TIMEOUT = 300
+#: at most this many seconds, the interpreter's exit waits for calls to give the pool back
+GIVE_BACK_WAIT = 1.0
 
 
 def limit_inner_threads(env: dict[str, str]) -> None:
@@ -124,6 +126,8 @@ class _SharedPool:
         self._pool: Executor | None = None
         self._workers = 0
         self._users = 0
+        #: notified when a call gives the pool back
+        self._given_back = threading.Condition(self._lock)
 
     def lend(self, workers: int) -> Executor:
         """The pool, (re)built with ``workers`` workers if it is dead or idle at another size."""
@@ -161,6 +165,7 @@ class _SharedPool:
     def give_back(self) -> None:
         with self._lock:
             self._users = max(0, self._users - 1)
+            self._given_back.notify_all()
         self.stop_left_chunks_at_exit()
 
     def stop_left_chunks_at_exit(self) -> None:
@@ -189,6 +194,13 @@ class _SharedPool:
 
         close_left_streams()
         with self._lock:
+            # A call cancelled at Ctrl-C (an ``await`` under trio) gives the pool back on the
+            # thread it was abandoned on, while this thread exits. Stopping the workers there
+            # unlinks each of the pool's semaphores, then unregisters it from the resource
+            # tracker: a thread frozen between the two by the end of the interpreter leaves
+            # the tracker to report a "leaked" semaphore. It takes milliseconds; bounded all
+            # the same, for a call still running on a daemon thread.
+            self._given_back.wait_for(lambda: self._users == 0, timeout=GIVE_BACK_WAIT)
             pool, users = self._pool, self._users
         if pool is not None and users == 0 and _loky.has_unfinished_work(pool):
             _loky.kill_workers(pool)
@@ -253,12 +265,14 @@ class ProcessRunner:
 
     def __init__(self, workers: int):
         from ..._left_calls import LeftCallFlag
+        from . import _loky
         from ._shared_memory import SharingExecutor
 
         # Four chunks queued per worker keep the pool busy while results travel back; with
         # two, many small chunks waited on the caller's round trips (8 chunks: 33 -> 20 ms).
         self.capacity = 4 * workers
-        self._left = LeftCallFlag()
+        # Tracked: a caller killed while the flag is up leaves no file behind.
+        self._left = LeftCallFlag(track=_loky.register_file, untrack=_loky.unregister_file)
         self._run = self._left.wrap(run_chunk)
         self._pool = _shared_pool.lend(workers)
         self._sharing = SharingExecutor(self._pool)
@@ -291,9 +305,12 @@ class ProcessRunner:
                 # deleted the unclaimed ones.
                 _loky.kill_workers(self._pool)
         finally:
-            _shared_pool.give_back()
-            # Segments go once the chunks still running are done (at once after a kill).
-            self._sharing.close()
+            try:
+                # Segments go once the chunks still running are done (at once after a kill).
+                self._sharing.close()
+            finally:
+                # Last: the interpreter's exit waits for this (see _SharedPool._kill_left_chunks).
+                _shared_pool.give_back()
 
 
 class ProcessBackend:
