@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,16 @@ def write_program(folder: Path, source: str, name: str = "program.py") -> Path:
 
 
 def run_program(
-    path: Path, *, cwd: Path, timeout: float = 90, env: dict[str, str] | None = None
+    path: Path,
+    *,
+    cwd: Path,
+    timeout: float = 90,
+    env: dict[str, str] | None = None,
+    argv: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Run the program at ``path`` in ``cwd``; killed after ``timeout`` seconds (the test then fails)."""
+    """Run the program at ``path`` with ``argv`` in ``cwd``; killed after ``timeout`` seconds (the test then fails)."""
     return subprocess.run(
-        [sys.executable, str(path)],
+        [sys.executable, str(path), *argv],
         cwd=cwd,
         env=program_environment() if env is None else env,
         capture_output=True,

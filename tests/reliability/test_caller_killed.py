@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -94,9 +95,9 @@ def _is_gone(process: psutil.Process) -> bool:
         return True
 
 
-def _wait_for(marker: Path, lines: int, process: subprocess.Popen[str]) -> None:
+def _wait_for(marker: Path, ready: Callable[[list[str]], bool], process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + START_WITHIN
-    while not (marker.exists() and len(marker.read_text().splitlines()) >= lines):
+    while not (marker.exists() and ready(marker.read_text().splitlines())):
         assert process.poll() is None, f"the program ended early:\n{process.communicate()}"
         assert time.monotonic() < deadline, "the program did not get going"
         time.sleep(0.02)
@@ -118,9 +119,12 @@ def test_a_killed_caller_leaves_no_process_pipe_or_semaphore(tmp_path: Path, met
     )
     descendants: list[psutil.Process] = []
     try:
-        _wait_for(marker, 1 if state == "idle" else 2, process)
         if state == "left":
+            # The flags the caller saw once it had left the call (chunks write their pids too).
+            _wait_for(marker, lambda lines: any(line.startswith("flags") for line in lines), process)
             assert "flags 1" in marker.read_text().splitlines()
+        else:
+            _wait_for(marker, lambda lines: len(lines) >= (1 if state == "idle" else 2), process)
         descendants = psutil.Process(process.pid).children(recursive=True)
         assert len(descendants) >= 2
         os.kill(process.pid, signal.SIGKILL)

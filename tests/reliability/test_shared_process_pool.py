@@ -6,11 +6,9 @@ loky keeps its reusable executor per thread: each calling thread (and each concu
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from .programs import program_environment, result_of, run_program, write_program
+from .programs import result_of, run_program, write_program
 
 _PROGRAM = """
     import json, os, threading
@@ -110,16 +108,7 @@ def test_a_call_whose_workers_another_call_stopped_gets_a_worker_crashed_error(t
     # Stopping a running chunk means stopping the pool's workers, with the chunks of any
     # other call sharing the pool: that call must get a conc-ml error saying so.
     program = write_program(tmp_path, _BESIDE_A_TIMEOUT)
-    run = subprocess.run(
-        [sys.executable, str(program), str(tmp_path / "started")],
-        cwd=tmp_path,
-        env=program_environment(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    outcome = result_of(run)
+    outcome = result_of(run_program(program, cwd=tmp_path, timeout=120, argv=[str(tmp_path / "started")]))
     assert outcome["timed_out"] is True
     assert "another call sharing the process pool timed out or was interrupted" in outcome["beside"]
     assert outcome["next"] == [1, 1]
@@ -156,15 +145,7 @@ def test_the_exit_lets_a_call_on_another_thread_give_the_pool_back(tmp_path: Pat
     # unregistered, and the resource tracker printed a "leaked semlock" warning at exit.
     program = write_program(tmp_path, _GIVEN_BACK_AT_EXIT)
     marker = tmp_path / "given-back"
-    run = subprocess.run(
-        [sys.executable, str(program), str(marker)],
-        cwd=tmp_path,
-        env=program_environment(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    run = run_program(program, cwd=tmp_path, timeout=120, argv=[str(marker)])
     assert run.returncode == 0, run.stderr
     assert marker.read_text() == "given back"
     assert run.stderr == ""
