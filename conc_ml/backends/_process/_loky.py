@@ -110,12 +110,14 @@ def start_tracker() -> None:
 
     loky starts its tracker as ``from joblib.externals.loky.backend.resource_tracker import
     main``, which runs joblib's ``__init__`` first: numpy, joblib's pools and cloudpickle,
-    24 MiB for a process that reads a pipe. This starts the same ``main`` with the three
-    packages above it replaced by empty ones (about 9 MiB), as loky's own launch does
+    24 to 26 MiB for a process that reads a pipe. This starts the same ``main`` with the three
+    packages above it replaced by empty ones (about 10 MiB), as loky's own launch does
     otherwise: the same pipe, the same blocked signals while it starts. loky uses it as its
     own (private attributes ``_lock``, ``_fd``, ``_pid``); if it dies, loky starts its own
     again at the next use. Where joblib started the tracker first, that one is kept.
     """
+    if sys.platform == "win32":
+        return  # loky's own launch: pipes and handles there are another matter
     tracker: Any = resource_tracker._resource_tracker
     with tracker._lock:
         if tracker._fd is not None:
