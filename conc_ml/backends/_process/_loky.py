@@ -24,12 +24,10 @@ import sys
 from concurrent.futures import Executor
 from typing import Any
 
-# loky's backend package has an attribute ``synchronize`` that is multiprocessing's module:
-# ``from ... import synchronize`` would give that one.
-import joblib.externals.loky.backend.synchronize as synchronize  # noqa: PLR0402 - see above
 from joblib.externals import loky
 from joblib.externals.loky import process_executor as _process_executor
 from joblib.externals.loky.backend import resource_tracker
+from joblib.externals.loky.backend.context import LokyContext
 
 __all__ = [
     "BrokenProcessPool",
@@ -164,38 +162,17 @@ class SynchronizationFromLoky:
     The standard library's register their names with multiprocessing's own resource
     tracker, a second tracker process in the program (7 MiB) for the few semaphores of
     the pool's queues; loky's do the same with loky's tracker, which conc-ml needs anyway.
-    These are the methods of loky's own context.
+    These are loky's own context's methods (POSIX only there, as the fork server is).
+    :func:`start_tracker` must have run first, or loky starts its large tracker.
     """
 
-    def Lock(self) -> Any:
-        """A lock shared with the workers."""
-        start_tracker()
-        return synchronize.Lock()
-
-    def RLock(self) -> Any:
-        """A recursive lock shared with the workers."""
-        start_tracker()
-        return synchronize.RLock()
-
-    def Semaphore(self, value: int = 1) -> Any:
-        """A semaphore shared with the workers."""
-        start_tracker()
-        return synchronize.Semaphore(value=value)
-
-    def BoundedSemaphore(self, value: int = 1) -> Any:
-        """A bounded semaphore shared with the workers."""
-        start_tracker()
-        return synchronize.BoundedSemaphore(value)
-
-    def Condition(self, lock: Any = None) -> Any:
-        """A condition variable shared with the workers."""
-        start_tracker()
-        return synchronize.Condition(lock)
-
-    def Event(self) -> Any:
-        """An event shared with the workers."""
-        start_tracker()
-        return synchronize.Event()
+    if sys.platform != "win32":
+        Lock = LokyContext.Lock
+        RLock = LokyContext.RLock
+        Semaphore = LokyContext.Semaphore
+        BoundedSemaphore = LokyContext.BoundedSemaphore
+        Condition = LokyContext.Condition
+        Event = LokyContext.Event
 
 
 def register_file(path: str) -> None:
